@@ -1,0 +1,251 @@
+"""Base classes shared by every normalization-activation layer.
+
+Every layer has the same constructor shape, so any one can replace any other:
+
+    Layer(axis=-1, epsilon=1e-5, nonlinearity=True, **keras_layer_kwargs)
+
+plus ``groups`` for grouped layers and ``momentum, synchronized`` for
+batch-dependent ones. ``__init__`` only validates and stores; ``build`` creates
+the float32 per-channel variables; ``call`` casts the input to float32,
+computes the layer in float32 and casts the result back to the layer's compute
+dtype (so ``mixed_float16`` / ``mixed_bfloat16`` statistics never overflow).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import tensorflow as tf
+import tf_keras
+
+from evonorm_layers import layout as layout_lib
+
+_MOVING_VARIABLE_PREFIX = "moving_"
+
+
+class NormActivation(tf_keras.layers.Layer):
+  """A normalization-activation layer ending with a per-channel affine.
+
+  Subclasses implement :meth:`normalize_activate` on a float32 input and may
+  override :meth:`create_variables` to add per-channel variables besides
+  ``gamma`` (ones) and ``beta`` (zeros).
+
+  Args:
+    axis: the channel axis: ``-1`` for channels-last, ``1`` for
+      channels-first. A one-element list is accepted, as Model Garden passes.
+      See :mod:`evonorm_layers.layout` for which axes are batch and instance
+      axes at each rank (2 to 5).
+    epsilon: added inside every square root.
+    nonlinearity: when False the layer is the normalization alone, for sites
+      of a network that have a norm without an activation (last norm of a
+      residual branch, projection shortcuts, MBConv projections, FPN outputs).
+      Each layer documents what remains of its formula.
+    **kwargs: base ``tf_keras.layers.Layer`` arguments (``name``, ``dtype``,
+      ``trainable``).
+  """
+
+  #: True for layers whose output depends on other samples of the batch.
+  batch_dependent = False
+
+  def __init__(self, axis: int = -1, epsilon: float = 1e-5,
+               nonlinearity: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.axis = layout_lib.validate_axis(axis, layer_name=self._label)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+      raise TypeError(f"{self._label}: `epsilon` must be a positive float. "
+                      f"Received: epsilon={epsilon!r}.")
+    if not epsilon > 0:
+      raise ValueError(f"{self._label}: `epsilon` must be > 0 so that square "
+                       f"roots of zero variance stay differentiable. "
+                       f"Received: epsilon={epsilon}.")
+    self.epsilon = float(epsilon)
+    self.nonlinearity = bool(nonlinearity)
+    self.layout: layout_lib.TensorLayout | None = None
+
+  @property
+  def _label(self) -> str:
+    # Usable before super().__init__ has set the Keras name.
+    name = getattr(self, "_name", None)
+    return f"{type(self).__name__} {name!r}" if name else type(self).__name__
+
+  # -- building ---------------------------------------------------------------
+
+  def build(self, input_shape):
+    shape = tf.TensorShape(input_shape)
+    if shape.rank is None:
+      raise ValueError(f"{self._label} needs inputs of known rank (2 to 5). "
+                       f"Received an input of unknown rank.")
+    self.layout = layout_lib.TensorLayout.from_shape(
+        shape.as_list(), self.axis, layer_name=self._label)
+    self.input_spec = tf_keras.layers.InputSpec(
+        ndim=self.layout.rank,
+        axes={self.layout.channel_axis: self.layout.channels})
+    self.gamma = self.add_channel_weight("gamma", "ones")
+    self.beta = self.add_channel_weight("beta", "zeros")
+    self.create_variables()
+    super().build(input_shape)
+
+  def create_variables(self):
+    """Creates layer-specific variables (``v1``, ``tau``, moving stats)."""
+
+  def add_channel_weight(self, name: str, initializer: str, *,
+                         trainable: bool = True, moving: bool = False):
+    """A float32 ``[C]`` variable that is never autocast to float16."""
+    extra = {}
+    if moving:
+      extra = dict(synchronization=tf.VariableSynchronization.ON_READ,
+                   aggregation=tf.VariableAggregation.MEAN)
+    return self.add_weight(
+        name=name, shape=(self.layout.channels,), dtype=tf.float32,
+        initializer=initializer, trainable=trainable,
+        experimental_autocast=False, **extra)
+
+  def channel_param(self, variable) -> tf.Tensor:
+    """A ``[C]`` variable reshaped to broadcast against the input."""
+    return tf.reshape(variable, self.layout.param_shape)
+
+  # -- calling ----------------------------------------------------------------
+
+  def call(self, inputs, training=None):
+    x = tf.convert_to_tensor(inputs)
+    if not x.dtype.is_floating:
+      raise TypeError(f"{self._label} expects floating-point inputs. "
+                      f"Received dtype {x.dtype.name}.")
+    if x.dtype != tf.float32:
+      x = tf.cast(x, tf.float32)
+    y = self.normalize_activate(x, self._resolve_training(training))
+    return tf.cast(y, self.compute_dtype) if y.dtype != self.compute_dtype else y
+
+  def normalize_activate(self, x: tf.Tensor, training) -> tf.Tensor:
+    """The layer's formula on a float32 input, affine included."""
+    raise NotImplementedError
+
+  def _resolve_training(self, training):
+    if training is None:
+      training = tf_keras.backend.learning_phase()
+    if isinstance(training, int):
+      training = bool(training)
+    # A frozen layer runs in inference mode, as tf_keras BatchNormalization.
+    if not self.trainable:
+      training = False
+    return training
+
+  def affine(self, y: tf.Tensor) -> tf.Tensor:
+    return y * self.channel_param(self.gamma) + self.channel_param(self.beta)
+
+  def compute_output_shape(self, input_shape):
+    return tf.TensorShape(input_shape)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(axis=self.axis, epsilon=self.epsilon,
+                  nonlinearity=self.nonlinearity)
+    return config
+
+
+class GroupedNormActivation(NormActivation):
+  """A layer whose statistics are taken over groups of channels.
+
+  Args:
+    groups: number of contiguous channel groups. When the channel count is not
+      divisible, the largest divisor below ``groups`` is used (as in the
+      authors' reference code); ``resolved_groups`` holds the count in use.
+  """
+
+  def __init__(self, groups: int = 32, axis: int = -1, epsilon: float = 1e-5,
+               nonlinearity: bool = True, **kwargs):
+    super().__init__(axis=axis, epsilon=epsilon, nonlinearity=nonlinearity,
+                     **kwargs)
+    self.groups = layout_lib.validate_groups(groups, layer_name=self._label)
+    self.resolved_groups: int | None = None
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self.resolved_groups = layout_lib.resolve_groups(
+        self.groups, self.layout.channels, layer_name=self._label)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(groups=self.groups)
+    return config
+
+
+class BatchDependentNormActivation(NormActivation):
+  """A layer using batch statistics in training and moving ones in inference.
+
+  Subclasses list their statistics in ``moving_statistics``; each gets a
+  float32 non-trainable variable ``moving_<name>`` initialised to
+  ``moving_initializers[name]``. In training the batch statistic is used and
+  the moving one updated as
+  ``moving = momentum * moving + (1 - momentum) * batch``, outside the
+  gradient. With ``training=False`` (or a frozen layer) the moving statistics
+  are used.
+
+  Args:
+    momentum: decay of the moving statistics, in [0, 1].
+    synchronized: compute batch statistics over all replicas of the current
+      ``tf.distribute`` strategy (one collective per layer call). When False,
+      statistics are per replica, as in the authors' TPU reference code.
+  """
+
+  batch_dependent = True
+  moving_statistics: tuple[str, ...] = ()
+  moving_initializers: Mapping[str, str] = {}
+
+  def __init__(self, momentum: float = 0.9, synchronized: bool = False,
+               axis: int = -1, epsilon: float = 1e-5, nonlinearity: bool = True,
+               **kwargs):
+    super().__init__(axis=axis, epsilon=epsilon, nonlinearity=nonlinearity,
+                     **kwargs)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+      raise TypeError(f"{self._label}: `momentum` must be a float in [0, 1]. "
+                      f"Received: momentum={momentum!r}.")
+    if not 0.0 <= momentum <= 1.0:
+      raise ValueError(f"{self._label}: `momentum` must be in [0, 1] (moving "
+                       "= momentum * moving + (1 - momentum) * batch). "
+                       f"Received: momentum={momentum}.")
+    self.momentum = float(momentum)
+    self.synchronized = bool(synchronized)
+
+  def create_variables(self):
+    self.moving = {
+        name: self.add_channel_weight(
+            _MOVING_VARIABLE_PREFIX + name,
+            self.moving_initializers.get(name, "ones"),
+            trainable=False, moving=True)
+        for name in self.moving_statistics
+    }
+
+  def batch_or_moving(self, training,
+                      batch_statistics: Callable[[], Mapping[str, tf.Tensor]]):
+    """Returns the statistics to normalize with, updating the moving ones.
+
+    Args:
+      training: Python bool or boolean tensor.
+      batch_statistics: computes the batch statistics (keepdims tensors
+        broadcastable to the input); only called in training.
+
+    Returns:
+      A dict from statistic name to a tensor broadcastable to the input.
+    """
+
+    def from_batch():
+      stats = batch_statistics()
+      for name, variable in self.moving.items():
+        batch_value = tf.stop_gradient(tf.reshape(stats[name], [-1]))
+        variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
+      return dict(stats)
+
+    def from_moving():
+      return {name: tf.reshape(variable, (1,) + self.layout.param_shape)
+              for name, variable in self.moving.items()}
+
+    if isinstance(training, bool):
+      return from_batch() if training else from_moving()
+    return tf.__internal__.smart_cond.smart_cond(training, from_batch,
+                                                 from_moving)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(momentum=self.momentum, synchronized=self.synchronized)
+    return config

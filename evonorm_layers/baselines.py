@@ -1,0 +1,193 @@
+"""The paper's baseline layers (Tables 3, 4, 6 and 8), with the same interface.
+
+Each formula is the paper's, with the per-channel affine where the paper puts
+it (inside the activation for BN-ReLU, GN-ReLU, FRN, ...):
+
+=================  =============================================================
+``bn_relu``         ``max(z, 0)``, ``z = (x - mu_bwh) / sqrt(s2_bwh) * gamma + beta``
+``bn_silu``         ``z * sigmoid(v1 z)``, ``z`` as for BN-ReLU
+``gn_relu``         ``max(z, 0)``, ``z = (x - mu_{wh,c/g}) / sqrt(s2_{wh,c/g}) * gamma + beta``
+``gn_silu``         ``z * sigmoid(v1 z)``, ``z`` as for GN-ReLU
+``frn_tlu``         ``max(x / sqrt(mu_wh(x^2)) * gamma + beta, tau)``
+``ln_relu``         ``max(z, 0)``, ``z = (x - mu_whc) / sqrt(s2_whc) * gamma + beta``
+``pixelnorm_relu``  ``max(x / sqrt(mu_c(x^2)) * gamma + beta, 0)``
+``rs_rej``          ``max(x, 0) / sqrt(mu_bwh(x^2)) * gamma + beta``
+=================  =============================================================
+
+``nonlinearity=False`` drops the activation (ReLU, SiLU, TLU) and keeps the
+normalization and affine: plain BatchNorm, GroupNorm, FRN, LayerNorm,
+PixelNorm, and ``x / sqrt(mu_bwh(x^2))`` for RS+rej.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from evonorm_layers import base
+from evonorm_layers import statistics as stats_lib
+from evonorm_layers.registry import register_norm_activation
+
+_serializable = tf_keras.saving.register_keras_serializable(package="EvoNorm")
+
+
+class _Standardize:
+  """``z = (x - mean) / sqrt(var + eps) * gamma + beta``, then ``activate``.
+
+  Subclasses provide ``statistics(x, training) -> (mean, var)`` and
+  ``activate(z)``; with ``nonlinearity=False`` the activation is dropped.
+  """
+
+  def normalize_activate(self, x, training):
+    mean, var = self.statistics(x, training)
+    scale = tf.math.rsqrt(var + self.epsilon) * self.channel_param(self.gamma)
+    z = x * scale + (self.channel_param(self.beta) - mean * scale)
+    return self.activate(z) if self.nonlinearity else z
+
+
+class _ReLU:
+
+  def activate(self, z):
+    return tf.nn.relu(z)
+
+
+class _SiLU:
+  """``z * sigmoid(v1 z)`` with a per-channel ``v1`` (ones), as in Table 3."""
+
+  def create_variables(self):
+    super().create_variables()
+    self.v1 = self.add_channel_weight("v1", "ones")
+
+  def activate(self, z):
+    return z * tf.sigmoid(self.channel_param(self.v1) * z)
+
+
+class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
+  """Batch statistics in training, moving mean and variance in inference."""
+
+  moving_statistics = ("mean", "variance")
+  moving_initializers = {"mean": "zeros", "variance": "ones"}
+
+  def statistics(self, x, training):
+    def batch_statistics():
+      mean, var = stats_lib.batch_moments(
+          *stats_lib.instance_moments(x, self.layout),
+          synchronized=self.synchronized)
+      return {"mean": mean, "variance": var}
+
+    batch = self.batch_or_moving(training, batch_statistics)
+    return batch["mean"], batch["variance"]
+
+
+@_serializable
+@register_norm_activation("bn_relu")
+class BatchNormReLU(_ReLU, _BatchNorm):
+  """BN-ReLU: ``max((x - mu_bwh) / sqrt(s2_bwh) * gamma + beta, 0)``.
+
+  Variables: ``gamma``, ``beta``, ``moving_mean`` (zeros) and
+  ``moving_variance`` (ones); both moving statistics use population variance.
+  """
+
+
+@_serializable
+@register_norm_activation("bn_silu", aliases=("bn_swish",))
+class BatchNormSiLU(_SiLU, _BatchNorm):
+  """BN-SiLU/Swish: ``z sigmoid(v1 z)``, ``z = BN(x) * gamma + beta``."""
+
+
+class _GroupNorm(_Standardize, base.GroupedNormActivation):
+  """Statistics over the instance axes and the channels of each group."""
+
+  def statistics(self, x, training):
+    del training  # batch-independent
+    return stats_lib.group_moments(
+        *stats_lib.instance_moments(x, self.layout), self.layout,
+        self.resolved_groups)
+
+
+@_serializable
+@register_norm_activation("gn_relu")
+class GroupNormReLU(_ReLU, _GroupNorm):
+  """GN-ReLU: ``max((x - mu_{wh,c/g}) / sqrt(s2_{wh,c/g}) * gamma + beta, 0)``."""
+
+
+@_serializable
+@register_norm_activation("gn_silu", aliases=("gn_swish",))
+class GroupNormSiLU(_SiLU, _GroupNorm):
+  """GN-SiLU/Swish (Table 8): ``z sigmoid(v1 z)``, ``z = GN(x) * gamma + beta``."""
+
+
+@_serializable
+@register_norm_activation("ln_relu", aliases=("layernorm_relu",))
+class LayerNormReLU(_ReLU, _Standardize, base.NormActivation):
+  """LayerNorm-ReLU: ``max((x - mu_whc) / sqrt(s2_whc) * gamma + beta, 0)``.
+
+  Statistics over every axis but the batch axis (GroupNorm with one group);
+  the affine is per channel, as in every layer of the paper.
+  """
+
+  def statistics(self, x, training):
+    del training  # batch-independent
+    return stats_lib.group_moments(
+        *stats_lib.instance_moments(x, self.layout), self.layout, 1)
+
+
+@_serializable
+@register_norm_activation("frn_tlu", aliases=("frn",))
+class FilterResponseNormTLU(base.NormActivation):
+  """FRN with TLU (Singh & Krishnan 2019): ``max(x / sqrt(mu_wh(x^2)) * gamma + beta, tau)``.
+
+  Variables: ``gamma``, ``beta`` and the per-channel threshold ``tau``
+  (zeros, the paper's ``v0``).
+  """
+
+  def create_variables(self):
+    self.tau = self.add_channel_weight("tau", "zeros")
+
+  def normalize_activate(self, x, training):
+    del training
+    mean, var = stats_lib.instance_moments(x, self.layout)
+    z = self.affine(x * tf.math.rsqrt(tf.square(mean) + var + self.epsilon))
+    return tf.maximum(z, self.channel_param(self.tau)) if self.nonlinearity else z
+
+
+@_serializable
+@register_norm_activation("pixelnorm_relu", aliases=("pixel_norm_relu",))
+class PixelNormReLU(base.NormActivation):
+  """PixelNorm-ReLU (Karras et al. 2018): ``max(x / sqrt(mu_c(x^2)) * gamma + beta, 0)``.
+
+  ``mu_c`` averages over the channels at each position (each sample and
+  location is normalized on its own).
+  """
+
+  def normalize_activate(self, x, training):
+    del training
+    mean_square = tf.reduce_mean(tf.square(x), axis=self.layout.channel_axis,
+                                 keepdims=True)
+    z = self.affine(x * tf.math.rsqrt(mean_square + self.epsilon))
+    return tf.nn.relu(z) if self.nonlinearity else z
+
+
+@_serializable
+@register_norm_activation("rs_rej", aliases=("random_search_rejection",))
+class RandomSearchRejectionLayer(base.BatchDependentNormActivation):
+  """RS+rej, the layer random search with rejection found (Table 3).
+
+  ``max(x, 0) / sqrt(mu_bwh(x^2)) * gamma + beta``: a compact, uncentered
+  variant of BN-ReLU. ``mu_bwh(x^2)`` is a batch statistic, tracked in
+  ``moving_second_moment`` (ones) for inference.
+  """
+
+  moving_statistics = ("second_moment",)
+
+  def normalize_activate(self, x, training):
+    def batch_second_moment():
+      mean, var = stats_lib.batch_moments(
+          *stats_lib.instance_moments(x, self.layout),
+          synchronized=self.synchronized)
+      return {"second_moment": tf.square(mean) + var}
+
+    batch = self.batch_or_moving(training, batch_second_moment)
+    numerator = tf.nn.relu(x) if self.nonlinearity else x
+    return self.affine(
+        numerator * tf.math.rsqrt(batch["second_moment"] + self.epsilon))

@@ -1,0 +1,162 @@
+"""The EvoNorm layers of Liu, Brock, Simonyan & Le, "Evolving
+Normalization-Activation Layers", NeurIPS 2020 (https://arxiv.org/abs/2004.02967).
+
+Notation (see :mod:`evonorm_layers.layout` for the axes at each rank):
+``s2_bwh`` batch variance, ``s2_wh`` instance variance, ``mu_wh`` instance
+mean, ``s2_{wh,c/g}`` / ``mu_{wh,c/g}`` group variance / mean. All variances
+are population variances, ``epsilon`` sits inside every square root, and every
+layer ends with the per-channel affine ``* gamma + beta``.
+
+B series (batch-dependent, Table 3; moving variance used at inference):
+
+* EvoNorm-B0: ``x / max(sqrt(s2_bwh(x)), v1*x + sqrt(s2_wh(x)))``
+* EvoNorm-B1: ``x / max(sqrt(s2_bwh(x)), (x + 1) * sqrt(mu_wh(x^2)))``
+* EvoNorm-B2: ``x / max(sqrt(s2_bwh(x)), sqrt(mu_wh(x^2) - x))``
+
+S series (batch-independent, Table 4):
+
+* EvoNorm-S0: ``x * sigmoid(v1*x) / sqrt(s2_{wh,c/g}(x))``
+* EvoNorm-S1: ``x * sigmoid(x) / sqrt(s2_{wh,c/g}(x))``
+* EvoNorm-S2: ``x * sigmoid(x) / sqrt(mu_{wh,c/g}(x^2))``
+
+``nonlinearity=False`` keeps the normalization and drops the nonlinear part:
+B layers divide by the batch standard deviation ``sqrt(s2_bwh(x))``, S layers
+by their group statistic (S0/S1 the group standard deviation, S2 the group
+root mean square), as timm's "S0a" does. The authors' reference code instead
+returns only ``x * gamma + beta`` there (no normalization at all), which leaves
+projection shortcuts and the last norm of residual branches unnormalized; we
+normalize so that swapping a norm for its EvoNorm keeps every site normalized.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from evonorm_layers import base
+from evonorm_layers import statistics as stats_lib
+from evonorm_layers.registry import register_norm_activation
+
+_serializable = tf_keras.saving.register_keras_serializable(package="EvoNorm")
+
+
+class _EvoNormB(base.BatchDependentNormActivation):
+  """Shared part of the B series: batch std vs. an instance-dependent term."""
+
+  moving_statistics = ("variance",)
+
+  def normalize_activate(self, x, training):
+    layout = self.layout
+    if not self.nonlinearity:
+      batch = self.batch_or_moving(training, lambda: self._batch_variance(
+          *stats_lib.instance_moments(x, layout)))
+      return self.affine(x * tf.math.rsqrt(batch["variance"] + self.epsilon))
+    mean, var = stats_lib.instance_moments(x, layout)
+    batch = self.batch_or_moving(training,
+                                 lambda: self._batch_variance(mean, var))
+    batch_std = tf.sqrt(batch["variance"] + self.epsilon)
+    return self.affine(x / tf.maximum(batch_std,
+                                      self.instance_term(x, mean, var)))
+
+  def _batch_variance(self, mean, var):
+    _, batch_var = stats_lib.batch_moments(mean, var,
+                                           synchronized=self.synchronized)
+    return {"variance": batch_var}
+
+  def instance_term(self, x, mean, var):
+    """The second argument of the max, from the instance moments of x."""
+    raise NotImplementedError
+
+
+@_serializable
+@register_norm_activation("evonorm_b0")
+class EvoNormB0(_EvoNormB):
+  """EvoNorm-B0: ``x / max(sqrt(s2_bwh(x)), v1*x + sqrt(s2_wh(x))) * gamma + beta``.
+
+  Variables: ``gamma``, ``beta``, ``v1`` (ones) and ``moving_variance``.
+  See :class:`evonorm_layers.base.BatchDependentNormActivation` for
+  ``momentum`` and ``synchronized``.
+  """
+
+  def create_variables(self):
+    super().create_variables()
+    self.v1 = self.add_channel_weight("v1", "ones")
+
+  def instance_term(self, x, mean, var):
+    return self.channel_param(self.v1) * x + tf.sqrt(var + self.epsilon)
+
+
+@_serializable
+@register_norm_activation("evonorm_b1")
+class EvoNormB1(_EvoNormB):
+  """EvoNorm-B1: ``x / max(sqrt(s2_bwh(x)), (x + 1) sqrt(mu_wh(x^2))) * gamma + beta``."""
+
+  def instance_term(self, x, mean, var):
+    return (x + 1.0) * tf.sqrt(tf.square(mean) + var + self.epsilon)
+
+
+@_serializable
+@register_norm_activation("evonorm_b2")
+class EvoNormB2(_EvoNormB):
+  """EvoNorm-B2: ``x / max(sqrt(s2_bwh(x)), sqrt(mu_wh(x^2) - x)) * gamma + beta``.
+
+  Reading of the formula: Table 3 of the paper prints the square root over
+  ``mu_wh(x^2) - x``, and that is what this layer computes. The argument can
+  be negative, so the square root is the search space's Sqrt primitive
+  (Table 2), ``sign(z) * sqrt(|z| + epsilon)``; where it is negative the max
+  picks the batch standard deviation. (timm reads the formula as
+  ``sqrt(mu_wh(x^2)) - x``; that is a different layer.)
+  """
+
+  def instance_term(self, x, mean, var):
+    second_moment = tf.square(mean) + var
+    return stats_lib.signed_sqrt(second_moment - x, self.epsilon)
+
+
+class _EvoNormS(base.GroupedNormActivation):
+  """Shared part of the S series: ``numerator(x) / group statistic``."""
+
+  centered = True  # divide by the group std (S0, S1) or the group RMS (S2)
+
+  def normalize_activate(self, x, training):
+    del training  # batch-independent
+    mean, var = stats_lib.instance_moments(x, self.layout)
+    group_mean, group_var = stats_lib.group_moments(
+        mean, var, self.layout, self.resolved_groups)
+    denominator = group_var if self.centered else group_var + tf.square(
+        group_mean)
+    inv = tf.math.rsqrt(denominator + self.epsilon)
+    numerator = self.activation(x) if self.nonlinearity else x
+    return self.affine(numerator * inv)
+
+  def activation(self, x):
+    return x * tf.sigmoid(x)
+
+
+@_serializable
+@register_norm_activation("evonorm_s0")
+class EvoNormS0(_EvoNormS):
+  """EvoNorm-S0: ``x sigmoid(v1 x) / sqrt(s2_{wh,c/g}(x)) * gamma + beta``.
+
+  Variables: ``gamma``, ``beta`` and ``v1`` (ones). ``groups`` defaults to 32.
+  """
+
+  def create_variables(self):
+    self.v1 = self.add_channel_weight("v1", "ones")
+
+  def activation(self, x):
+    return x * tf.sigmoid(self.channel_param(self.v1) * x)
+
+
+@_serializable
+@register_norm_activation("evonorm_s1")
+class EvoNormS1(_EvoNormS):
+  """EvoNorm-S1: ``x sigmoid(x) / sqrt(s2_{wh,c/g}(x)) * gamma + beta``."""
+
+
+@_serializable
+@register_norm_activation("evonorm_s2")
+class EvoNormS2(_EvoNormS):
+  """EvoNorm-S2: ``x sigmoid(x) / sqrt(mu_{wh,c/g}(x^2)) * gamma + beta``."""
+
+  centered = False

@@ -1,0 +1,118 @@
+"""Float32 moments shared by every layer: instance, group and batch statistics.
+
+One pass over the big activation tensor computes the per-(sample, channel)
+mean and variance over the instance axes (two-pass ``tf.nn.moments``, so no
+``E[x^2] - E[x]^2`` cancellation). Group, layer and batch statistics are then
+derived from those small ``[N, C]`` statistics with the law of total variance,
+which is exact because every (sample, channel) slice holds the same number of
+elements:
+
+    var(union) = mean(var_i) + mean((mean_i - mean(mean_i))**2)
+
+All variances are population (biased) variances, as in the paper.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from evonorm_layers.layout import TensorLayout
+
+
+def instance_moments(x: tf.Tensor, layout: TensorLayout):
+  """Mean and variance of ``x`` over the instance axes, per sample and channel.
+
+  Returns two tensors of shape ``layout.stat_shape`` (keepdims). For rank-2
+  inputs there are no instance axes: the mean is ``x`` and the variance 0.
+  """
+  if not layout.instance_axes:
+    return x, tf.zeros_like(x)
+  return tf.nn.moments(x, axes=layout.instance_axes, keepdims=True)
+
+
+def group_moments(mean: tf.Tensor, var: tf.Tensor, layout: TensorLayout,
+                  groups: int):
+  """Statistics over the instance axes and the channels of each group.
+
+  Args:
+    mean, var: instance moments from :func:`instance_moments`.
+    layout: the input's layout.
+    groups: number of contiguous channel groups (must divide ``C``).
+
+  Returns:
+    Group mean and variance, broadcast back to one value per (sample,
+    channel), with shape ``layout.stat_shape``.
+  """
+  channels = layout.channels
+  grouped = [-1, groups, channels // groups]
+  m = tf.reshape(mean, grouped)
+  v = tf.reshape(var, grouped)
+  group_mean = tf.reduce_mean(m, axis=2, keepdims=True)
+  group_var = (tf.reduce_mean(v, axis=2, keepdims=True) +
+               tf.reduce_mean(tf.math.squared_difference(m, group_mean),
+                              axis=2, keepdims=True))
+  full = tf.shape(m)
+
+  def per_channel(t):
+    return tf.reshape(tf.broadcast_to(t, full), layout.stat_shape)
+
+  return per_channel(group_mean), per_channel(group_var)
+
+
+def batch_moments(mean: tf.Tensor, var: tf.Tensor, *, synchronized: bool):
+  """Per-channel mean and variance over the batch and instance axes.
+
+  Args:
+    mean, var: instance moments from :func:`instance_moments`.
+    synchronized: aggregate over all replicas of the current
+      ``tf.distribute`` strategy. Uses a single ``all_gather`` of each
+      replica's ``(count, mean, variance)`` and combines them exactly (Chan et
+      al.'s parallel formula), so uneven per-replica batches are weighted
+      correctly. Outside a replica context, or with one replica, the
+      statistics are local.
+
+  Returns:
+    Mean and variance with shape ``[1] + param_shape`` (keepdims).
+  """
+  ctx = tf.distribute.get_replica_context()
+  if (not synchronized or ctx is None or ctx.num_replicas_in_sync == 1):
+    batch_mean = tf.reduce_mean(mean, axis=0, keepdims=True)
+    batch_var = (tf.reduce_mean(var, axis=0, keepdims=True) +
+                 tf.reduce_mean(tf.math.squared_difference(mean, batch_mean),
+                                axis=0, keepdims=True))
+    return batch_mean, batch_var
+  return _cross_replica_moments(mean, var, ctx)
+
+
+def _cross_replica_moments(mean, var, ctx):
+  keep_shape = tf.shape(mean[:1])
+  count = tf.cast(tf.shape(mean)[0], tf.float32)
+  # divide_no_nan: a replica with an empty batch contributes weight 0.
+  local_mean = tf.math.divide_no_nan(tf.reduce_sum(mean, axis=0), count)
+  local_var = tf.math.divide_no_nan(
+      tf.reduce_sum(var + tf.math.squared_difference(mean, local_mean),
+                    axis=0), count)
+  flat_mean = tf.reshape(local_mean, [-1])
+  channels = tf.shape(flat_mean)[0]
+  packed = tf.concat([count[None], flat_mean, tf.reshape(local_var, [-1])], 0)
+  gathered = ctx.all_gather(packed[None], axis=0)  # [replicas, 1 + 2C]
+  counts = gathered[:, :1]
+  means = gathered[:, 1:1 + channels]
+  variances = gathered[:, 1 + channels:]
+  total = tf.reduce_sum(counts)
+  global_mean = tf.reduce_sum(counts * means, axis=0) / total
+  global_var = tf.reduce_sum(
+      counts * (variances + tf.math.squared_difference(means, global_mean)),
+      axis=0) / total
+  return (tf.reshape(global_mean, keep_shape),
+          tf.reshape(global_var, keep_shape))
+
+
+def signed_sqrt(x: tf.Tensor, epsilon: float) -> tf.Tensor:
+  """The search space's Sqrt primitive: ``sign(x) * sqrt(|x| + epsilon)``.
+
+  Epsilon keeps the gradient finite at 0; the sign makes it defined for
+  negative inputs (Table 2 of the paper).
+  """
+  return tf.sign(x) * tf.sqrt(tf.abs(x) + epsilon)
+
