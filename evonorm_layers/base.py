@@ -73,7 +73,7 @@ class NormActivation(tf_keras.layers.Layer):
   def build(self, input_shape):
     shape = tf.TensorShape(input_shape)
     if shape.rank is None:
-      raise ValueError(f"{self._label} needs inputs of known rank (2 to 5). "
+      raise ValueError(f"{self._label} needs inputs of known rank (2 or more). "
                        f"Received an input of unknown rank.")
     self.layout = layout_lib.TensorLayout.from_shape(
         shape.as_list(), self.axis, layer_name=self._label)

@@ -127,7 +127,7 @@ class TensorLayout:
     rank = len(shape)
     if rank < 2:
       raise ValueError(
-          f"{layer_name} expects inputs of rank 2 to 5 with a batch axis "
+          f"{layer_name} expects inputs of rank 2 or more, with a batch axis "
           f"first and a channel axis (for example [batch, height, width, "
           f"channels]). Received an input of rank {rank} with shape "
           f"{list(shape)}. Add a batch axis, or reshape to [batch, channels]."

@@ -18,6 +18,8 @@ from typing import Callable, TypeVar
 
 import tf_keras
 
+from evonorm_layers.layout import channel_axis_for
+
 LayerFactory = Callable[..., tf_keras.layers.Layer]
 _F = TypeVar("_F", bound=LayerFactory)
 
@@ -114,13 +116,19 @@ def accepted_arguments(name: str) -> frozenset[str]:
                                                       p.KEYWORD_ONLY))
 
 
-def get_norm_activation(name: str, **kwargs) -> tf_keras.layers.Layer:
+def get_norm_activation(name: str, /, *, data_format: str | None = None,
+                        **kwargs) -> tf_keras.layers.Layer:
   """A new layer of the registered kind ``name``.
 
   Args:
     name: a registered name (see :func:`available_norm_activations`).
+    data_format: ``"channels_last"`` or ``"channels_first"``, as Keras
+      convolutions take it; sets ``axis`` to -1 or 1. Give ``axis`` or
+      ``data_format``, not both.
     **kwargs: constructor arguments, e.g. ``axis``, ``epsilon``,
-      ``nonlinearity``, ``groups``, ``momentum``, ``synchronized``, ``name``.
+      ``nonlinearity``, ``groups``, ``momentum``, ``synchronized``, and the
+      Keras layer's own ``name`` (``name`` is positional-only here, so
+      ``get_norm_activation("evonorm_b0", name="block1_norm")`` works).
       An argument the layer does not take raises a TypeError naming the
       arguments it does take.
 
@@ -128,6 +136,13 @@ def get_norm_activation(name: str, **kwargs) -> tf_keras.layers.Layer:
     ValueError: for an unknown name, listing the valid ones.
   """
   canonical = resolve_name(name)
+  if data_format is not None:
+    if "axis" in kwargs:
+      raise ValueError(
+          f"get_norm_activation({name!r}): give `axis` or `data_format`, not "
+          f"both. Received: axis={kwargs['axis']!r}, "
+          f"data_format={data_format!r}.")
+    kwargs["axis"] = channel_axis_for(data_format, layer_name=canonical)
   factory = _FACTORIES[canonical]
   accepted = accepted_arguments(canonical)
   keras_args = {"name", "dtype", "trainable", "input_shape", "batch_input_shape"}

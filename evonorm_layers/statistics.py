@@ -65,47 +65,45 @@ def batch_moments(mean: tf.Tensor, var: tf.Tensor, *, synchronized: bool):
   Args:
     mean, var: instance moments from :func:`instance_moments`.
     synchronized: aggregate over all replicas of the current
-      ``tf.distribute`` strategy. Uses a single ``all_gather`` of each
-      replica's ``(count, mean, variance)`` and combines them exactly (Chan et
-      al.'s parallel formula), so uneven per-replica batches are weighted
-      correctly. Outside a replica context, or with one replica, the
-      statistics are local.
+      ``tf.distribute`` strategy with a single ``all_reduce`` (tf_keras'
+      synchronized BatchNormalization uses three): each replica sends its
+      element count and the sums of ``x`` and ``x**2`` over its batch (from
+      exact two-pass local moments), so uneven per-replica batches are
+      weighted correctly, and the global variance is ``E[x^2] - E[x]^2``
+      clipped at 0 (float32; as tf_keras and Flax, this loses precision only
+      when ``|mean| >> std``). Communication is ``2C + 1`` floats per call.
+      Outside a replica context, or with one replica, statistics are local.
 
   Returns:
     Mean and variance with shape ``[1] + param_shape`` (keepdims).
   """
+  batch_mean = tf.reduce_mean(mean, axis=0, keepdims=True)
+  batch_var = (tf.reduce_mean(var, axis=0, keepdims=True) +
+               tf.reduce_mean(tf.math.squared_difference(mean, batch_mean),
+                              axis=0, keepdims=True))
   ctx = tf.distribute.get_replica_context()
-  if (not synchronized or ctx is None or ctx.num_replicas_in_sync == 1):
-    batch_mean = tf.reduce_mean(mean, axis=0, keepdims=True)
-    batch_var = (tf.reduce_mean(var, axis=0, keepdims=True) +
-                 tf.reduce_mean(tf.math.squared_difference(mean, batch_mean),
-                                axis=0, keepdims=True))
+  if not synchronized or ctx is None or ctx.num_replicas_in_sync == 1:
     return batch_mean, batch_var
-  return _cross_replica_moments(mean, var, ctx)
-
-
-def _cross_replica_moments(mean, var, ctx):
-  keep_shape = tf.shape(mean[:1])
   count = tf.cast(tf.shape(mean)[0], tf.float32)
-  # divide_no_nan: a replica with an empty batch contributes weight 0.
-  local_mean = tf.math.divide_no_nan(tf.reduce_sum(mean, axis=0), count)
-  local_var = tf.math.divide_no_nan(
-      tf.reduce_sum(var + tf.math.squared_difference(mean, local_mean),
-                    axis=0), count)
+  return _cross_replica_moments(batch_mean, batch_var, count, ctx)
+
+
+def _cross_replica_moments(local_mean, local_var, count, ctx):
+  """Global moments from each replica's exact local ones, one all-reduce."""
   flat_mean = tf.reshape(local_mean, [-1])
   channels = tf.shape(flat_mean)[0]
-  packed = tf.concat([count[None], flat_mean, tf.reshape(local_var, [-1])], 0)
-  gathered = ctx.all_gather(packed[None], axis=0)  # [replicas, 1 + 2C]
-  counts = gathered[:, :1]
-  means = gathered[:, 1:1 + channels]
-  variances = gathered[:, 1 + channels:]
-  total = tf.reduce_sum(counts)
-  global_mean = tf.reduce_sum(counts * means, axis=0) / total
-  global_var = tf.reduce_sum(
-      counts * (variances + tf.math.squared_difference(means, global_mean)),
-      axis=0) / total
-  return (tf.reshape(global_mean, keep_shape),
-          tf.reshape(global_var, keep_shape))
+  sums = tf.concat([
+      count[None], count * flat_mean,
+      count * (tf.reshape(local_var, [-1]) + tf.square(flat_mean))
+  ], axis=0)
+  # An empty replica (uneven last batch) contributes zeros, not NaNs.
+  sums = tf.where(count > 0, sums, tf.zeros_like(sums))
+  total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+  n = total[0]
+  global_mean = total[1:1 + channels] / n
+  global_var = tf.nn.relu(total[1 + channels:] / n - tf.square(global_mean))
+  shape = tf.shape(local_mean)
+  return tf.reshape(global_mean, shape), tf.reshape(global_var, shape)
 
 
 def signed_sqrt(x: tf.Tensor, epsilon: float) -> tf.Tensor:

@@ -14,9 +14,9 @@ GROUPED = [n for n in ALL_LAYERS
            if "groups" in evonorm_layers.accepted_arguments(n)]
 
 
-def layer_kwargs(name, **overrides):
+def layer_kwargs(layer_name, **overrides):
   """Constructor arguments exercising every option the layer takes."""
-  accepted = evonorm_layers.accepted_arguments(name)
+  accepted = evonorm_layers.accepted_arguments(layer_name)
   kwargs = {"epsilon": 1e-3}
   if "groups" in accepted:
     kwargs["groups"] = 4
