@@ -27,6 +27,7 @@ from evonorm_layers.evonorm import EvoNormS0
 from evonorm_layers.evonorm import EvoNormS1
 from evonorm_layers.evonorm import EvoNormS2
 from evonorm_layers.layout import channel_axis_for
+from evonorm_layers.registry import NormActivationFactory
 from evonorm_layers.registry import accepted_arguments
 from evonorm_layers.registry import available_norm_activations
 from evonorm_layers.registry import get_norm_activation

@@ -13,12 +13,14 @@ Names are matched case-insensitively, ignoring ``_``, ``-`` and spaces, so
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable, TypeVar
 
 import tf_keras
 
 from evonorm_layers.layout import channel_axis_for
+from evonorm_layers.layout import validate_groups
 
 LayerFactory = Callable[..., tf_keras.layers.Layer]
 _F = TypeVar("_F", bound=LayerFactory)
@@ -153,3 +155,44 @@ def get_norm_activation(name: str, /, *, data_format: str | None = None,
         f"argument(s) {unknown}. It takes: {sorted(accepted)} and the Keras "
         f"layer arguments {sorted(keras_args)}.")
   return factory(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormActivationFactory:
+  """Makes the norm-activation layers of a network from one set of settings.
+
+  Networks (backbones, heads, the GAN, the search's proxies) hold one factory
+  and call it at every norm site, so a single name switches every site::
+
+      make_norm = NormActivationFactory("evonorm_s0", groups=8)
+      x = make_norm(name="block1_norm")(x)
+      y = make_norm(nonlinearity=False)(y)  # e.g. a projection shortcut
+
+  ``groups`` applies only to grouped layers (GN, EvoNorm-S) and ``momentum``
+  and ``synchronized`` only to batch-dependent ones (BN, EvoNorm-B, RS+rej):
+  they are settings of the whole network, handed to the layers that take
+  them. The layer type is checked when the factory is made, so a bad name
+  fails before any model is built.
+  """
+
+  type: str = "bn_relu"
+  groups: int = 32
+  epsilon: float = 1e-5
+  momentum: float = 0.9
+  synchronized: bool = False
+  axis: int = -1
+
+  def __post_init__(self):
+    object.__setattr__(self, "type", resolve_name(self.type))
+    validate_groups(self.groups, layer_name=f"norm activation {self.type!r}")
+
+  def __call__(self, nonlinearity: bool = True,
+               name: str | None = None) -> tf_keras.layers.Layer:
+    accepted = accepted_arguments(self.type)
+    settings = {"groups": self.groups, "epsilon": self.epsilon,
+                "momentum": self.momentum, "synchronized": self.synchronized,
+                "axis": self.axis, "nonlinearity": nonlinearity}
+    kwargs = {k: v for k, v in settings.items() if k in accepted}
+    if name is not None:
+      kwargs["name"] = name
+    return get_norm_activation(self.type, **kwargs)

@@ -151,3 +151,41 @@ def test_training_as_tensor_selects_the_same_branches():
                              rtol=1e-6)
   train = fn(x, tf.constant(True))
   assert not np.allclose(train, eager_inference)
+
+
+@pytest.mark.parametrize("layout", ["rank4_channels_last",
+                                    "rank4_channels_first", "rank2", "rank3"])
+@pytest.mark.parametrize("name", layer_helpers.ALL_LAYERS)
+def test_gradients_match_autodiff_of_the_reference(name, layout):
+  """The library's hand-written gradients (moments, recomputed elementwise
+  parts) against plain TensorFlow autodiff of the reference formulas."""
+  shape, axis = LAYOUTS[layout]
+  rng = np.random.default_rng(7)
+  kwargs = layer_helpers.layer_kwargs(name, axis=axis)
+  layer = evonorm_layers.get_norm_activation(name, **kwargs)
+  layer.build(shape)
+  params, moving = layer_helpers.randomize_variables(layer, rng)
+  x = tf.constant(layer_helpers.random_input(rng, shape))
+  upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x, training=True)
+  by_name = {v.name.split("/")[-1].split(":")[0]: v
+             for v in layer.trainable_variables}
+  got = tape.gradient(y, [x] + [by_name[k] for k in params],
+                      output_gradients=upstream)
+
+  x64 = tf.cast(x, tf.float64)
+  p64 = {k: tf.constant(v, tf.float64) for k, v in params.items()}
+  with tf.GradientTape() as tape:
+    tape.watch([x64] + list(p64.values()))
+    ref, _ = reference_forward(
+        name, x64, p64, moving, axis=axis, xp=tf.experimental.numpy,
+        training=True, eps=kwargs["epsilon"], momentum=kwargs.get("momentum"),
+        groups=kwargs.get("groups"), nonlinearity=True)
+  want = tape.gradient(ref, [x64] + list(p64.values()),
+                       output_gradients=tf.cast(upstream, tf.float64))
+  for label, g, w in zip(["x"] + list(params), got, want):
+    np.testing.assert_allclose(g, w, rtol=2e-3, atol=2e-3 * np.abs(w).max(),
+                               err_msg=label)
