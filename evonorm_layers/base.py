@@ -231,9 +231,7 @@ class BatchDependentNormActivation(NormActivation):
 
     def from_batch():
       stats = batch_statistics()
-      for name, variable in self.moving.items():
-        batch_value = tf.stop_gradient(tf.reshape(stats[name], [-1]))
-        variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
+      self.update_moving(stats)
       return dict(stats)
 
     def from_moving():
@@ -244,6 +242,18 @@ class BatchDependentNormActivation(NormActivation):
       return from_batch() if training else from_moving()
     return tf.__internal__.smart_cond.smart_cond(training, from_batch,
                                                  from_moving)
+
+  def update_moving(self, stats: Mapping[str, tf.Tensor]):
+    """``moving = momentum * moving + (1 - momentum) * batch``, no gradient."""
+    for name, variable in self.moving.items():
+      batch_value = tf.stop_gradient(tf.reshape(stats[name], [-1]))
+      variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
+
+  def cross_replica(self) -> bool:
+    """Whether this call aggregates batch statistics across replicas."""
+    ctx = tf.distribute.get_replica_context()
+    return (self.synchronized and ctx is not None and
+            ctx.num_replicas_in_sync > 1)
 
   def get_config(self):
     config = super().get_config()

@@ -63,12 +63,54 @@ class _SiLU:
 
 
 class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
-  """Batch statistics in training, moving mean and variance in inference."""
+  """Batch statistics in training, moving mean and variance in inference.
+
+  Without cross-replica aggregation, the normalization runs as TensorFlow's
+  fused batch-norm kernel (the one tf_keras BatchNormalization uses) on a
+  4-D view of the input, for any rank and either channel layout; its
+  Bessel-corrected batch variance is converted back to the population
+  variance for the moving average.
+  """
 
   moving_statistics = ("mean", "variance")
   moving_initializers = {"mean": "zeros", "variance": "ones"}
 
+  def normalize_activate(self, x, training):
+    if self.cross_replica():
+      return super().normalize_activate(x, training)
+    layout = self.layout
+    if layout.channels_first:
+      view, data_format = [tf.shape(x)[0], layout.channels, -1, 1], "NCHW"
+    else:
+      view, data_format = [tf.shape(x)[0], -1, 1, layout.channels], "NHWC"
+    x4 = tf.reshape(x, view)
+    gamma, beta = self.gamma, self.beta
+
+    def train():
+      y, mean, unbiased_var = tf.compat.v1.nn.fused_batch_norm(
+          x4, gamma, beta, epsilon=self.epsilon, data_format=data_format,
+          is_training=True)
+      count = tf.cast(tf.size(x4) // layout.channels, tf.float32)
+      self.update_moving({"mean": mean,
+                          "variance": unbiased_var * ((count - 1.0) / count)})
+      return y
+
+    def infer():
+      return tf.compat.v1.nn.fused_batch_norm(
+          x4, gamma, beta, mean=self.moving["mean"],
+          variance=self.moving["variance"], epsilon=self.epsilon,
+          data_format=data_format, is_training=False)[0]
+
+    if isinstance(training, bool):
+      z = train() if training else infer()
+    else:
+      z = tf.__internal__.smart_cond.smart_cond(training, train, infer)
+    z = tf.reshape(z, tf.shape(x))
+    return self.activate(z) if self.nonlinearity else z
+
   def statistics(self, x, training):
+    """Cross-replica path: batch moments aggregated over all replicas."""
+
     def batch_statistics():
       mean, var = stats_lib.batch_moments(
           *stats_lib.instance_moments(x, self.layout),

@@ -41,7 +41,13 @@ _serializable = tf_keras.saving.register_keras_serializable(package="EvoNorm")
 
 
 class _EvoNormB(base.BatchDependentNormActivation):
-  """Shared part of the B series: batch std vs. an instance-dependent term."""
+  """Shared part of the B series: batch std vs. an instance-dependent term.
+
+  The elementwise part ``x / max(batch_std, instance_term) * gamma + beta`` is
+  recomputed in the backward pass (``tf.recompute_grad``) instead of keeping
+  its intermediates: only the input and per-(sample, channel) statistics are
+  stored, as for BatchNorm.
+  """
 
   moving_statistics = ("variance",)
 
@@ -55,15 +61,27 @@ class _EvoNormB(base.BatchDependentNormActivation):
     batch = self.batch_or_moving(training,
                                  lambda: self._batch_variance(mean, var))
     batch_std = tf.sqrt(batch["variance"] + self.epsilon)
-    return self.affine(x / tf.maximum(batch_std,
-                                      self.instance_term(x, mean, var)))
+
+    def elementwise(x, batch_std, mean, var, gamma, beta, *extra):
+      denominator = tf.maximum(batch_std,
+                               self.instance_term(x, mean, var, *extra))
+      return x / denominator * gamma + beta
+
+    return tf.recompute_grad(elementwise)(
+        x, batch_std, mean, var, self.channel_param(self.gamma),
+        self.channel_param(self.beta),
+        *[self.channel_param(v) for v in self.extra_params()])
+
+  def extra_params(self):
+    """Variables used by ``instance_term`` besides the statistics."""
+    return ()
 
   def _batch_variance(self, mean, var):
     _, batch_var = stats_lib.batch_moments(mean, var,
                                            synchronized=self.synchronized)
     return {"variance": batch_var}
 
-  def instance_term(self, x, mean, var):
+  def instance_term(self, x, mean, var, *extra):
     """The second argument of the max, from the instance moments of x."""
     raise NotImplementedError
 
@@ -82,8 +100,11 @@ class EvoNormB0(_EvoNormB):
     super().create_variables()
     self.v1 = self.add_channel_weight("v1", "ones")
 
-  def instance_term(self, x, mean, var):
-    return self.channel_param(self.v1) * x + tf.sqrt(var + self.epsilon)
+  def extra_params(self):
+    return (self.v1,)
+
+  def instance_term(self, x, mean, var, v1):
+    return v1 * x + tf.sqrt(var + self.epsilon)
 
 
 @_serializable
@@ -125,9 +146,20 @@ class _EvoNormS(base.GroupedNormActivation):
         mean, var, self.layout, self.resolved_groups)
     denominator = group_var if self.centered else group_var + tf.square(
         group_mean)
-    inv = tf.math.rsqrt(denominator + self.epsilon)
-    numerator = self.activation(x) if self.nonlinearity else x
-    return self.affine(numerator * inv)
+    scale = tf.math.rsqrt(denominator + self.epsilon) * self.channel_param(
+        self.gamma)
+    beta = self.channel_param(self.beta)
+    if not self.nonlinearity:
+      return x * scale + beta
+    extra = [self.channel_param(v) for v in self.extra_params()]
+    # Recomputed in the backward pass: only x and small tensors are kept.
+    return tf.recompute_grad(
+        lambda x, scale, beta, *extra: self.activation(x, *extra) * scale +
+        beta)(x, scale, beta, *extra)
+
+  def extra_params(self):
+    """Variables used by ``activation``."""
+    return ()
 
   def activation(self, x):
     return x * tf.sigmoid(x)
@@ -144,8 +176,11 @@ class EvoNormS0(_EvoNormS):
   def create_variables(self):
     self.v1 = self.add_channel_weight("v1", "ones")
 
-  def activation(self, x):
-    return x * tf.sigmoid(self.channel_param(self.v1) * x)
+  def extra_params(self):
+    return (self.v1,)
+
+  def activation(self, x, v1):
+    return x * tf.sigmoid(v1 * x)
 
 
 @_serializable
