@@ -117,6 +117,7 @@ def _run_step(step, data, device):
 
 def main(argv):
   del argv
+  tf.get_logger().setLevel("ERROR")  # one tf.function per model retraces
   evonorm_layers.register_norm_activation(KERAS_REFERENCE, KerasBatchNormReLU,
                                           overwrite=True)
   names = _LAYERS.value or (evonorm_layers.available_norm_activations())
