@@ -56,7 +56,8 @@ class _SiLU:
 
   def create_variables(self):
     super().create_variables()
-    self.v1 = self.add_channel_weight("v1", "ones")
+    if self.nonlinearity:  # v1 belongs to the activation
+      self.v1 = self.add_channel_weight("v1", "ones")
 
   def activate(self, z):
     return z * tf.sigmoid(self.channel_param(self.v1) * z)
@@ -184,7 +185,8 @@ class FilterResponseNormTLU(base.NormActivation):
   """
 
   def create_variables(self):
-    self.tau = self.add_channel_weight("tau", "zeros")
+    if self.nonlinearity:  # tau is the TLU's threshold
+      self.tau = self.add_channel_weight("tau", "zeros")
 
   def normalize_activate(self, x, training):
     del training

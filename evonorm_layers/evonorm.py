@@ -91,14 +91,16 @@ class _EvoNormB(base.BatchDependentNormActivation):
 class EvoNormB0(_EvoNormB):
   """EvoNorm-B0: ``x / max(sqrt(s2_bwh(x)), v1*x + sqrt(s2_wh(x))) * gamma + beta``.
 
-  Variables: ``gamma``, ``beta``, ``v1`` (ones) and ``moving_variance``.
+  Variables: ``gamma``, ``beta``, ``v1`` (ones; only with ``nonlinearity``)
+  and ``moving_variance``.
   See :class:`evonorm_layers.base.BatchDependentNormActivation` for
   ``momentum`` and ``synchronized``.
   """
 
   def create_variables(self):
     super().create_variables()
-    self.v1 = self.add_channel_weight("v1", "ones")
+    if self.nonlinearity:  # v1 is part of the nonlinear term only
+      self.v1 = self.add_channel_weight("v1", "ones")
 
   def extra_params(self):
     return (self.v1,)
@@ -170,11 +172,13 @@ class _EvoNormS(base.GroupedNormActivation):
 class EvoNormS0(_EvoNormS):
   """EvoNorm-S0: ``x sigmoid(v1 x) / sqrt(s2_{wh,c/g}(x)) * gamma + beta``.
 
-  Variables: ``gamma``, ``beta`` and ``v1`` (ones). ``groups`` defaults to 32.
+  Variables: ``gamma``, ``beta`` and ``v1`` (ones; only with
+  ``nonlinearity``). ``groups`` defaults to 32.
   """
 
   def create_variables(self):
-    self.v1 = self.add_channel_weight("v1", "ones")
+    if self.nonlinearity:  # v1 is part of the nonlinear term only
+      self.v1 = self.add_channel_weight("v1", "ones")
 
   def extra_params(self):
     return (self.v1,)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 import tf_keras
 
@@ -196,3 +196,21 @@ class NormActivationFactory:
     if name is not None:
       kwargs["name"] = name
     return get_norm_activation(self.type, **kwargs)
+
+  @classmethod
+  def from_spec(cls, spec: "str | Mapping | NormActivationFactory | None",
+                **overrides) -> "NormActivationFactory":
+    """A factory from a layer name, a dict of fields, or a factory."""
+    if isinstance(spec, cls):
+      fields = spec.as_dict()
+    elif isinstance(spec, str):
+      fields = {"type": spec}
+    elif spec is None:
+      fields = {}
+    else:
+      fields = dict(spec)
+    return cls(**{**fields, **overrides})
+
+  def as_dict(self) -> dict:
+    """The factory's fields, e.g. to store in a Keras ``get_config``."""
+    return dataclasses.asdict(self)

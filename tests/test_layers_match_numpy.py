@@ -55,6 +55,19 @@ def test_matches_numpy_training_and_inference(name, layout):
 
 
 @pytest.mark.parametrize("name", layer_helpers.ALL_LAYERS)
+def test_without_nonlinearity_every_variable_is_used(name):
+  layer = evonorm_layers.get_norm_activation(name, nonlinearity=False)
+  x = tf.constant(layer_helpers.random_input(np.random.default_rng(8),
+                                             (4, 3, 3, 8)))
+  with tf.GradientTape() as tape:
+    y = layer(x, training=True)
+  grads = tape.gradient(y, layer.trainable_variables)
+  assert {v.name.split("/")[-1] for v in layer.trainable_variables} == {
+      "gamma:0", "beta:0"}
+  assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("name", layer_helpers.ALL_LAYERS)
 def test_without_nonlinearity_still_normalizes(name):
   _check_against_reference(name, (6, 5, 7, 16), -1, nonlinearity=False)
   # Normalized: an input scaled by 1000 gives the same output (the

@@ -15,10 +15,13 @@ classification head can pool it directly.
 
 from __future__ import annotations
 
-import tensorflow as tf
 import tf_keras
+from official.vision.modeling.backbones import factory
 
 import evonorm_layers
+from evonorm_vision import norm_activation as norm_lib
+from evonorm_vision.backbones.serialization import deserialize_regularizers
+from evonorm_vision.backbones.serialization import serialize_regularizers
 
 layers = tf_keras.layers
 
@@ -37,18 +40,17 @@ _GROUP_FILTERS = (64, 128, 256, 512)
 STEM_TYPES = ("imagenet", "cifar")
 
 
+@tf_keras.utils.register_keras_serializable(package="EvoNorm")
 class ResNetV2(tf_keras.Model):
   """A pre-activation ResNet backbone with a selectable norm-activation layer.
 
   Args:
     model_id: depth, a key of ``RESNET_V2_SPECS`` (18 to 200).
     input_specs: ``tf_keras.layers.InputSpec`` of the images.
-    norm_activation: registered layer name, e.g. ``"bn_relu"``,
-      ``"evonorm_b0"``, ``"evonorm_s0"``.
-    norm_groups: groups of grouped layers (GN, EvoNorm-S).
-    norm_momentum: moving-statistics decay of batch-dependent layers.
-    norm_epsilon: epsilon of every norm.
-    use_sync_bn: cross-replica batch statistics for batch-dependent layers.
+    norm_activation: the layer at every norm site: a registered name (e.g.
+      ``"evonorm_b0"``) or ``evonorm_layers.NormActivationFactory`` fields as
+      a dict (``type``, ``groups``, ``epsilon``, ``momentum``,
+      ``synchronized``).
     stem_type: ``"imagenet"`` or ``"cifar"``.
     width_multiplier: scales every filter count.
     kernel_initializer, kernel_regularizer: for every convolution.
@@ -58,11 +60,7 @@ class ResNetV2(tf_keras.Model):
                model_id: int = 50,
                input_specs: layers.InputSpec = layers.InputSpec(
                    shape=[None, None, None, 3]),
-               norm_activation: str = "bn_relu",
-               norm_groups: int = 32,
-               norm_momentum: float = 0.9,
-               norm_epsilon: float = 1e-5,
-               use_sync_bn: bool = False,
+               norm_activation="bn_relu",
                stem_type: str = "imagenet",
                width_multiplier: float = 1.0,
                kernel_initializer: str = "he_normal",
@@ -74,18 +72,14 @@ class ResNetV2(tf_keras.Model):
     if stem_type not in STEM_TYPES:
       raise ValueError(f"ResNetV2: `stem_type` must be one of {STEM_TYPES}. "
                        f"Received: {stem_type!r}.")
+    channels_last = tf_keras.backend.image_data_format() == "channels_last"
+    self._make_norm = evonorm_layers.NormActivationFactory.from_spec(
+        norm_activation, axis=-1 if channels_last else 1)
     self._config_dict = dict(
-        model_id=model_id, norm_activation=norm_activation,
-        norm_groups=norm_groups, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon, use_sync_bn=use_sync_bn,
+        model_id=model_id, norm_activation=self._make_norm.as_dict(),
         stem_type=stem_type, width_multiplier=width_multiplier,
         kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer)
-    channels_last = tf_keras.backend.image_data_format() == "channels_last"
-    self._make_norm = evonorm_layers.NormActivationFactory(
-        norm_activation, groups=norm_groups, epsilon=norm_epsilon,
-        momentum=norm_momentum, synchronized=use_sync_bn,
-        axis=-1 if channels_last else 1)
     self._conv_kwargs = dict(use_bias=False, padding="same",
                              kernel_initializer=kernel_initializer,
                              kernel_regularizer=kernel_regularizer)
@@ -138,13 +132,30 @@ class ResNetV2(tf_keras.Model):
     return layers.Add(name=f"{name}_add")([shortcut, y])
 
   def get_config(self):
-    return dict(self._config_dict)
+    return serialize_regularizers(self._config_dict)
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
-    return cls(**config)
+    return cls(**deserialize_regularizers(config))
 
   @property
   def output_specs(self):
     """``{level: TensorShape}`` of the endpoints."""
     return self._output_specs
+
+
+@factory.register_backbone_builder("resnet_v2")
+def build_resnet_v2(input_specs, backbone_config, norm_activation_config,
+                    l2_regularizer=None) -> tf_keras.Model:
+  """Builds a pre-activation ResNet from a ``ResNetV2`` backbone config."""
+  cfg = backbone_config.get()
+  model = ResNetV2(
+      model_id=cfg.model_id,
+      input_specs=input_specs,
+      norm_activation=norm_lib.factory_from_config(norm_activation_config),
+      stem_type=cfg.stem_type,
+      width_multiplier=cfg.width_multiplier,
+      kernel_regularizer=l2_regularizer)
+  norm_lib.check_groups_fit(model, norm_activation_config,
+                            f"resnet_v2-{cfg.model_id}")
+  return model

@@ -1,0 +1,105 @@
+"""Model Garden's ResNet (v1) with every norm site taken from the registry.
+
+Subclasses Model Garden's ``ResNet``: the architecture, the block tables
+(``RESNET_SPECS``), ResNet-D shortcuts, squeeze-excitation and stochastic
+depth are Model Garden's; the stem and the blocks use registry norms (see
+``blocks.py``). The ReLU after each residual add is not a norm site and stays
+``norm_activation.activation``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tf_keras
+from official.vision.modeling.backbones import factory
+from official.vision.modeling.backbones import resnet as mg_resnet
+from official.vision.modeling.layers import nn_blocks
+
+import evonorm_layers
+from evonorm_vision import norm_activation as norm_lib
+from evonorm_vision.backbones import blocks
+
+layers = tf_keras.layers
+
+_BLOCKS = {nn_blocks.ResidualBlock: blocks.ResidualBlock,
+           nn_blocks.BottleneckBlock: blocks.BottleneckBlock}
+
+
+@tf_keras.utils.register_keras_serializable(package="EvoNorm")
+class ResNet(mg_resnet.ResNet):
+  """Model Garden's ResNet v1; ``norm_activation`` picks every norm site.
+
+  Args:
+    norm_activation: ``evonorm_layers.NormActivationFactory`` fields as a dict
+      (``type``, ``groups``, ``epsilon``, ``momentum``, ``synchronized``).
+    **kwargs: Model Garden ``ResNet`` arguments. Its ``use_sync_bn``,
+      ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
+      ``norm_activation``.
+  """
+
+  def __init__(self, norm_activation=None, **kwargs):
+    self._norm_activation = dict(norm_activation or {})
+    self._make_norm = evonorm_layers.NormActivationFactory(
+        **self._norm_activation)
+    super().__init__(**kwargs)
+
+  def _conv(self, x, filters, kernel_size, strides):
+    return layers.Conv2D(
+        filters=filters, kernel_size=kernel_size, strides=strides,
+        use_bias=False, padding="same",
+        kernel_initializer=self._kernel_initializer,
+        kernel_regularizer=self._kernel_regularizer,
+        bias_regularizer=self._bias_regularizer)(x)
+
+  def _stem(self, inputs):
+    scale = self._depth_multiplier if self._scale_stem else 1.0
+    if self._stem_type == "v0":
+      convs = [(int(64 * scale), 7, 2)]
+    elif self._stem_type == "v1":  # ResNet-D stem
+      convs = [(int(32 * scale), 3, 2), (int(32 * scale), 3, 1),
+               (int(64 * scale), 3, 1)]
+    else:
+      raise ValueError(f"ResNet: `stem_type` must be 'v0' or 'v1'. "
+                       f"Received: {self._stem_type!r}.")
+    x = inputs
+    for filters, kernel_size, strides in convs:
+      x = self._make_norm()(self._conv(x, filters, kernel_size, strides))
+    if self._replace_stem_max_pool:
+      return self._make_norm()(
+          self._conv(x, int(64 * self._depth_multiplier), 3, 2))
+    return layers.MaxPool2D(pool_size=3, strides=2, padding="same")(x)
+
+  def _block_group(self, inputs, filters, strides, block_fn, *args, **kwargs):
+    block = functools.partial(_BLOCKS[block_fn],
+                              norm_activation=self._norm_activation)
+    return super()._block_group(inputs, filters, strides, block, *args,
+                                **kwargs)
+
+  def get_config(self):
+    return {**super().get_config(), "norm_activation": self._norm_activation}
+
+
+@factory.register_backbone_builder("evonorm_resnet")
+def build_resnet(input_specs, backbone_config, norm_activation_config,
+                 l2_regularizer=None) -> tf_keras.Model:
+  """Builds Model Garden's ResNet with the configured norm-activation."""
+  cfg = backbone_config.get()
+  make_norm = norm_lib.factory_from_config(norm_activation_config)
+  model = ResNet(
+      norm_activation=make_norm.as_dict(),
+      model_id=cfg.model_id,
+      input_specs=input_specs,
+      depth_multiplier=cfg.depth_multiplier,
+      stem_type=cfg.stem_type,
+      resnetd_shortcut=cfg.resnetd_shortcut,
+      replace_stem_max_pool=cfg.replace_stem_max_pool,
+      se_ratio=cfg.se_ratio,
+      init_stochastic_depth_rate=cfg.stochastic_depth_drop_rate,
+      scale_stem=cfg.scale_stem,
+      activation=norm_activation_config.activation,
+      kernel_regularizer=l2_regularizer,
+      bn_trainable=cfg.bn_trainable)
+  norm_lib.check_groups_fit(model, norm_activation_config,
+                            f"evonorm_resnet-{cfg.model_id}")
+  return model
