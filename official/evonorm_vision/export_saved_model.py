@@ -1,0 +1,72 @@
+r"""Exports a trained classifier as a SavedModel (Model Garden's export).
+
+Serves ``{logits, probs}`` from ``image_tensor`` (uint8 [batch, H, W, 3]),
+``image_bytes`` (encoded images) or ``tf_example`` (serialized examples)
+inputs, with Model Garden's preprocessing.
+
+  python -m evonorm_vision.export_saved_model \
+    --experiment=evonorm_digits_quickstart --checkpoint_path=MODEL_DIR \
+    --export_dir=EXPORT_DIR --input_type=image_tensor --input_image_size=32,32
+"""
+
+from absl import app
+from absl import flags
+from official.core import exp_factory
+from official.modeling import hyperparams
+from official.vision.serving import export_saved_model_lib
+
+from evonorm_vision import experiment
+
+def load_params(name, config_files=(), params_override=""):
+  """The experiment config after YAML files and overrides."""
+  experiment.check_experiment_name(name)
+  params = exp_factory.get_exp_config(name)
+  for path in config_files or ():
+    params = hyperparams.override_params_dict(params, path, is_strict=True)
+  if params_override:
+    params = hyperparams.override_params_dict(params, params_override,
+                                              is_strict=True)
+  params.validate()
+  params.lock()
+  return params
+
+
+def export(params, checkpoint_path, export_dir, input_type="image_tensor",
+           input_image_size=None, batch_size=None):
+  """Writes the SavedModel (and params.yaml) to ``export_dir``; returns it."""
+  size = [int(s) for s in (input_image_size or
+                           params.task.model.input_size[:2])]
+  export_saved_model_lib.export_inference_graph(
+      input_type=input_type, batch_size=batch_size, input_image_size=size,
+      params=params, checkpoint_path=checkpoint_path, export_dir=export_dir)
+  return export_dir
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_string("experiment", None, "Experiment name.")
+  flags.DEFINE_multi_string("config_file", None, "YAML config files, in order.")
+  flags.DEFINE_string("params_override", "", "Overrides, as in training.")
+  flags.DEFINE_string("checkpoint_path", None,
+                      "Checkpoint file, or model_dir (latest checkpoint).")
+  flags.DEFINE_string("export_dir", None, "Output directory.")
+  flags.DEFINE_enum("input_type", "image_tensor",
+                    ["image_tensor", "image_bytes", "tf_example"],
+                    "Serving input.")
+  flags.DEFINE_list("input_image_size", None,
+                    "Height,width (default: the model's input size).")
+  flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: any).")
+  flags.mark_flags_as_required(["experiment", "checkpoint_path",
+                                "export_dir"])
+
+
+def main(_):
+  f = flags.FLAGS
+  params = load_params(f.experiment, f.config_file, f.params_override)
+  print(export(params, f.checkpoint_path, f.export_dir, f.input_type,
+               f.input_image_size, f.batch_size))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

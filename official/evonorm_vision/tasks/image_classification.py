@@ -1,0 +1,76 @@
+"""Model Garden's image-classification task, with input checks up front.
+
+The model is Model Garden's classification model; its backbone comes from
+Model Garden's backbone factory, where this project registers backbones that
+read ``norm_activation.type``. Normalization variables are not weight-decayed:
+the task's L2 regularizer is attached to convolution and dense kernels only
+(never to norm layers), as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from official.core import task_factory
+from official.vision.tasks import image_classification as mg_task
+
+from evonorm_vision.configs import image_classification as exp_cfg
+
+
+def check_batch_divisible(data_config, num_replicas: int, split: str):
+  """Raises if the global batch does not split evenly over the replicas."""
+  batch = data_config.global_batch_size
+  if batch <= 0 or batch % num_replicas:
+    raise ValueError(
+        f"task.{split}.global_batch_size={batch} is not divisible by the "
+        f"{num_replicas} replicas of the distribution strategy. Use a "
+        f"multiple of {num_replicas} (e.g. "
+        f"{max(num_replicas, batch - batch % num_replicas)}), and scale the "
+        "learning rate with it.")
+
+
+def check_data_available(data_config, split: str):
+  """Raises a clear error if the configured dataset is not there.
+
+  Nothing is downloaded: TFDS datasets must already be prepared in
+  ``tfds_data_dir`` and TFRecords must exist at ``input_path``.
+  """
+  if data_config.tfds_name:
+    name = data_config.tfds_name
+    data_dir = data_config.tfds_data_dir or None
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} (task.{split}.tfds_name) is not prepared "
+          f"in {builder.data_dir!r}. Prepare it once where it can be "
+          f"downloaded (`tfds build {name} --data_dir=DIR`; ImageNet needs "
+          "its archives placed in DIR/downloads/manual first) and pass "
+          f"task.{split}.tfds_data_dir=DIR. Nothing is downloaded at run "
+          "time.")
+    return
+  patterns = data_config.input_path
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  if not patterns or not any(patterns):
+    raise ValueError(f"task.{split} names no data: set input_path "
+                     "(TFRecords) or tfds_name.")
+  for pattern in patterns:
+    if not tf.io.gfile.glob(pattern):
+      raise FileNotFoundError(
+          f"No files match task.{split}.input_path={pattern!r}. TFRecords "
+          "must hold Model Garden classification examples "
+          "('image/encoded', 'image/class/label'). For the digits "
+          "quickstart, write them with `python -m evonorm_vision.data.digits "
+          "--output_dir=DIR` and pass "
+          f"task.{split}.input_path=DIR/{'train' if 'train' in split else 'validation'}-*.tfrecord.")
+
+
+@task_factory.register_task_cls(exp_cfg.ImageClassificationTask)
+class ImageClassificationTask(mg_task.ImageClassificationTask):
+  """Model Garden's classification task; fails early on bad input config."""
+
+  def build_inputs(self, params, input_context=None):
+    split = "train_data" if params.is_training else "validation_data"
+    check_data_available(params, split)
+    if input_context is not None:
+      check_batch_divisible(params, input_context.num_replicas_in_sync, split)
+    return super().build_inputs(params, input_context)

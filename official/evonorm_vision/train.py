@@ -1,0 +1,55 @@
+r"""Trains and evaluates an experiment with Model Garden's trainer.
+
+Model Garden's flag conventions (``--experiment --mode --model_dir
+--config_file --params_override --tpu``), this project's registrations, and
+Model Garden's Orbit-based ``train_lib.run_experiment``. The distribution
+strategy is ``runtime.distribution_strategy``: ``tpu`` (TPUStrategy; TF 2.20
+has no TPUEstimator), ``mirrored``, ``multi_worker_mirrored`` or
+``one_device``. Checkpoints and TensorBoard summaries go to ``--model_dir``;
+a killed job started again with the same ``--model_dir`` resumes from its last
+checkpoint.
+
+  python -m evonorm_vision.train --experiment=evonorm_resnet50_imagenet \
+    --mode=train_and_eval --model_dir=gs://bucket/r50_b0 --tpu=my-tpu \
+    --params_override=runtime.distribution_strategy=tpu,\
+task.model.norm_activation.type=evonorm_b0,\
+task.train_data.tfds_data_dir=gs://bucket/tfds,\
+task.validation_data.tfds_data_dir=gs://bucket/tfds
+"""
+
+from absl import app
+from absl import flags
+from official.common import flags as tfm_flags
+from official.core import task_factory
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import performance
+
+from evonorm_vision import experiment
+
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  params = experiment.parse(FLAGS)
+  experiment.check_inputs(params, FLAGS.mode)
+  strategy = experiment.make_strategy(params)
+  if "train" in FLAGS.mode:
+    train_utils.serialize_config(params, FLAGS.model_dir)
+  if params.runtime.mixed_precision_dtype:
+    performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=FLAGS.model_dir)
+  train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=FLAGS.mode,
+      params=params, model_dir=FLAGS.model_dir)
+
+
+def run():
+  tfm_flags.define_flags()
+  flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
