@@ -1,0 +1,299 @@
+"""The Model Garden side: entry point, resume, strategies, export, configs."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+from official.vision.ops import preprocess_ops
+from official.vision.serving import image_classification as image_classification_serving
+
+import evonorm_layers
+from evonorm_vision import experiment
+from evonorm_vision import export_saved_model
+from evonorm_vision.data import digits
+from evonorm_vision.tasks import image_classification as task_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+YAML_DIR = os.path.join(REPO, "official", "configs", "experiments")
+# A tiny version of the quickstart: steps of 2, checkpoints every 2 steps.
+FAST = ("trainer.steps_per_loop=2,trainer.checkpoint_interval=2,"
+        "trainer.summary_interval=2,trainer.validation_steps=2,"
+        "trainer.validation_interval=4,"
+        "task.model.backbone.resnet_v2.width_multiplier=0.125,"
+        "task.model.backbone.resnet_v2.model_id=18")
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("digits"))
+  digits.write_digits_tfrecords(path)
+  return path
+
+
+def _data_override(data_dir):
+  return (f"task.train_data.input_path={digits.file_pattern(data_dir, 'train')},"
+          "task.validation_data.input_path="
+          f"{digits.file_pattern(data_dir, 'validation')}")
+
+
+def _train_cmd(model_dir, overrides, mode="train_and_eval",
+               experiment_name="evonorm_digits_quickstart"):
+  return [sys.executable, "-m", "evonorm_vision.train",
+          f"--experiment={experiment_name}", f"--mode={mode}",
+          f"--model_dir={model_dir}", f"--params_override={overrides}"]
+
+
+def _latest_step(model_dir):
+  latest = tf.train.latest_checkpoint(model_dir)
+  return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(digits_dir, tmp_path_factory):
+  """The real entry point in a subprocess: 4 steps, then evaluation."""
+  model_dir = str(tmp_path_factory.mktemp("model"))
+  result = subprocess.run(
+      _train_cmd(model_dir, f"{FAST},{_data_override(digits_dir)},"
+                 "trainer.train_steps=4"),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, result.stderr
+
+
+def test_entry_point_trains_evaluates_and_writes_summaries(trained_model_dir):
+  model_dir, log = trained_model_dir
+  assert _latest_step(model_dir) == 4
+  assert os.path.exists(os.path.join(model_dir, "params.yaml"))
+  assert glob.glob(os.path.join(model_dir, "train", "events.*"))
+  assert glob.glob(os.path.join(model_dir, "validation", "events.*"))
+  assert "eval | step:      4" in log and "'accuracy'" in log
+
+
+def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
+  model_dir = str(tmp_path / "model")
+  overrides = f"{FAST},{_data_override(digits_dir)},trainer.train_steps=1000"
+  process = subprocess.Popen(
+      _train_cmd(model_dir, overrides, mode="train"),
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while _latest_step(model_dir) < 4:
+      assert process.poll() is None, "training exited early"
+      assert time.time() < deadline, "no checkpoint within 300 s"
+      time.sleep(0.5)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  killed_at = _latest_step(model_dir)
+  assert 4 <= killed_at < 1000
+
+  target = killed_at + 2
+  result = subprocess.run(
+      _train_cmd(model_dir, f"{FAST},{_data_override(digits_dir)},"
+                 f"trainer.train_steps={target}", mode="train"),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"restored from checkpoint: {model_dir}/ckpt-{killed_at}" in (
+      result.stderr)
+  assert _latest_step(model_dir) == target
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ("task.train_data.input_path=/nonexistent/train-*.tfrecord",
+     r"No files match task.train_data.input_path='/nonexistent/train-\*"
+     r".tfrecord'.*python -m evonorm_vision.data.digits"),
+    ("task.model.norm_activation.type=evonorm_b9",
+     r"Unknown normalization-activation layer 'evonorm_b9'. Valid names:"),
+])
+def test_entry_point_rejects_bad_input_before_training(tmp_path, overrides,
+                                                       expected):
+  result = subprocess.run(
+      _train_cmd(str(tmp_path), overrides), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode != 0
+  assert __import__("re").search(expected, result.stderr), result.stderr[-2000:]
+  assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
+
+
+def test_unknown_experiment_lists_the_project_experiments():
+  with pytest.raises(ValueError, match=r"Unknown experiment 'resnet_v9'.*"
+                     r"evonorm_digits_quickstart.*evonorm_resnet50_imagenet"):
+    experiment.check_experiment_name("resnet_v9")
+
+
+def test_missing_tfds_dataset_says_where_it_looked(tmp_path):
+  params = exp_factory.get_exp_config("evonorm_resnet_cifar10")
+  params.override({"task": {"train_data": {"tfds_data_dir": str(tmp_path)}}})
+  with pytest.raises(FileNotFoundError, match=r"TFDS dataset 'cifar10'.*not "
+                     rf"prepared in '{tmp_path}.*tfds build cifar10.*Nothing "
+                     "is downloaded"):
+    experiment.check_inputs(params, "train")
+
+
+def test_batch_not_divisible_by_replicas():
+  params = exp_factory.get_exp_config("evonorm_digits_quickstart")
+  with pytest.raises(ValueError, match=r"global_batch_size=64 is not "
+                     r"divisible by the 3 replicas.*multiple of 3"):
+    task_lib.check_batch_divisible(params.task.train_data, 3, "train_data")
+
+
+def test_mirrored_strategy_with_synchronized_b0(digits_dir, tmp_path):
+  """Model Garden's trainer under MirroredStrategy over 2 logical CPUs: with
+  use_sync_bn the replicas' moving variances stay identical, without it they
+  differ. Each configuration runs in a fresh process (tests/
+  mirrored_training.py), as TensorFlow keeps collective keys per process."""
+  variances = {}
+  for synchronized in (True, False):
+    output = str(tmp_path / f"{synchronized}.npz")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.mirrored_training",
+         f"{FAST},{_data_override(digits_dir)},trainer.train_steps=4,"
+         f"task.model.norm_activation.use_sync_bn={synchronized}",
+         str(tmp_path / str(synchronized)), output],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = np.load(output)
+    assert int(data["replicas"]) == 2
+    assert data["synchronized"].size and np.all(
+        data["synchronized"] == synchronized)
+    variances[synchronized] = [data[k] for k in data.files
+                               if k.startswith("variance_")]
+  for per_replica in variances[True]:
+    np.testing.assert_allclose(per_replica[0], per_replica[1], rtol=1e-5)
+  assert any(not np.allclose(r[0], r[1], rtol=1e-3)
+             for r in variances[False])
+
+
+def _keras_logits(model_dir, images):
+  """Logits of the Keras model restored from the checkpoint, preprocessed as
+  the trainer's evaluation does (resize, normalize)."""
+  params = export_saved_model.load_params(
+      "evonorm_digits_quickstart", (), FAST)
+  model = task_factory.get_task(params.task).build_model()
+  tf.train.Checkpoint(model=model).read(
+      tf.train.latest_checkpoint(model_dir)).expect_partial()
+  x = tf.image.resize(tf.cast(images, tf.float32), [32, 32])
+  x = preprocess_ops.normalize_image(x, offset=preprocess_ops.MEAN_RGB,
+                                     scale=preprocess_ops.STDDEV_RGB)
+  return model(x, training=False).numpy()
+
+
+def _validation_records(data_dir, n):
+  records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(
+      digits.file_pattern(data_dir, "validation"))).take(n))
+  examples = [tf.train.Example.FromString(r.numpy()) for r in records]
+  pngs = [e.features.feature["image/encoded"].bytes_list.value[0]
+          for e in examples]
+  images = np.stack([tf.io.decode_png(p, channels=3).numpy() for p in pngs])
+  return [r.numpy() for r in records], pngs, images
+
+
+def test_exported_image_tensor_model_matches_keras_model(
+    trained_model_dir, digits_dir, tmp_path):
+  """Served logits equal the Keras model restored from the same checkpoint,
+  with the trainer's evaluation preprocessing computed independently."""
+  model_dir, _ = trained_model_dir
+  params = export_saved_model.load_params("evonorm_digits_quickstart", (),
+                                          FAST)
+  export_dir = export_saved_model.export(params, model_dir, str(tmp_path))
+  _, _, images = _validation_records(digits_dir, 6)
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  (name,) = served.structured_input_signature[1]
+  outputs = served(**{name: tf.constant(images)})
+  expected = _keras_logits(model_dir, images)
+  np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(outputs["probs"],
+                             tf.nn.softmax(expected).numpy(), rtol=1e-4,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("input_type", ["image_bytes", "tf_example"])
+def test_exported_encoded_input_models_match_in_process_model(
+    trained_model_dir, digits_dir, tmp_path, input_type):
+  """For encoded inputs Model Garden decodes and resizes in uint8, so the
+  reference is the same export module run in this process."""
+  model_dir, _ = trained_model_dir
+  params = export_saved_model.load_params("evonorm_digits_quickstart", (),
+                                          FAST)
+  export_dir = export_saved_model.export(params, model_dir, str(tmp_path),
+                                         input_type=input_type)
+  records, pngs, _ = _validation_records(digits_dir, 6)
+  inputs = tf.constant(pngs if input_type == "image_bytes" else records)
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  (name,) = served.structured_input_signature[1]
+  outputs = served(**{name: inputs})
+
+  module = image_classification_serving.ClassificationModule(
+      params=params, batch_size=None, input_image_size=[32, 32],
+      input_type=input_type)
+  tf.train.Checkpoint(model=module.model).read(
+      tf.train.latest_checkpoint(model_dir)).expect_partial()
+  infer = (module.inference_from_image_bytes if input_type == "image_bytes"
+           else module.inference_from_tf_example)
+  expected = infer(inputs)
+  for key in ("logits", "probs"):
+    np.testing.assert_allclose(outputs[key], expected[key], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_normalization_variables_are_not_weight_decayed():
+  params = export_saved_model.load_params(
+      "evonorm_digits_quickstart", (), f"{FAST},"
+      "task.losses.l2_weight_decay=1e-4")
+  model = task_factory.get_task(params.task).build_model()
+  regularized = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+                 if getattr(l, "kernel_regularizer", None) is not None]
+  kernels = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(l, (tf_keras.layers.Conv2D,
+                               tf_keras.layers.Dense))]
+  assert regularized and sorted(map(id, regularized)) == sorted(
+      map(id, kernels))
+  assert len(model.losses) == len(kernels)
+  norm_vars = {id(v) for v in evonorm_layers.normalization_variables(model)}
+  decayed = {id(v) for v in evonorm_layers.decayed_variables(model)}
+  assert norm_vars and not norm_vars & decayed
+
+
+def _yaml_files():
+  return sorted(glob.glob(os.path.join(YAML_DIR, "*.yaml")))
+
+
+def test_yaml_configs_exist_for_the_papers_settings():
+  names = {os.path.basename(p) for p in _yaml_files()}
+  assert {"imagenet_resnet50_evonorm_b0_tpu.yaml",
+          "imagenet_resnet50_evonorm_s0_4_per_replica.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=os.path.basename)
+def test_yaml_config_parses(path):
+  with open(path) as f:
+    first = f.readline()
+  assert first.startswith("# --experiment="), "first line names the experiment"
+  name = first.split("=", 1)[1].strip()
+  params = exp_factory.get_exp_config(name)
+  params = hyperparams.override_params_dict(params, path, is_strict=True)
+  params.validate()
+  evonorm_layers.registry.resolve_name(params.task.model.norm_activation.type)
+  # The learning rate scales linearly with the batch, from the recipe's.
+  default = exp_factory.get_exp_config(name)
+
+  def lr_per_image(p):
+    lr = p.trainer.optimizer_config.learning_rate.get()
+    base = getattr(lr, "initial_learning_rate", None) or lr.values[0]
+    return base / p.task.train_data.global_batch_size
+
+  np.testing.assert_allclose(lr_per_image(params), lr_per_image(default),
+                             rtol=1e-6)
+  steps_per_epoch = params.trainer.steps_per_loop
+  assert params.trainer.train_steps % steps_per_epoch == 0
