@@ -1,8 +1,9 @@
-r"""Train-step time and memory of every norm-activation layer in a ResNet-50 v2.
+r"""Train-step time and memory of every norm-activation layer in a backbone.
 
-Builds one pre-activation ResNet-50 classifier per registered layer (batch 16
-at 64x64 by default) and times full training steps (forward, backward, SGD
-update). Layers are timed in interleaved rounds, so that drift of the machine
+Builds one classifier per registered layer on a backbone registered with
+Model Garden (pre-activation ResNet-50 by default; Model Garden's own ResNet-50
+and EfficientNet-B0 with ``--models``), batch 16 at 64x64 by default, and
+times full training steps (forward, backward, SGD update). Layers are timed in interleaved rounds, so that drift of the machine
 affects all of them alike, and every figure is reported as a ratio to BN-ReLU
 measured in the same run. Medians throughout.
 
@@ -16,6 +17,8 @@ then ReLU) shows how the library's BN-ReLU compares with Keras' own.
 
   python bench/norm_act_overhead.py                       # all layers, CPU
   python bench/norm_act_overhead.py --layers=bn_relu,evonorm_b0,evonorm_s0
+  python bench/norm_act_overhead.py --models=mg_resnet50,efficientnet_b0 \
+      --layers=bn_relu,evonorm_b0,evonorm_s0
   python bench/norm_act_overhead.py --jit_compile=true    # XLA (GPU/TPU)
 """
 
@@ -37,18 +40,35 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from official.vision.configs import backbones as mg_backbones  # noqa: E402
+from official.vision.modeling.backbones import factory  # noqa: E402
+
 import evonorm_layers  # noqa: E402
-from evonorm_vision.backbones import resnet_v2  # noqa: E402
+from evonorm_vision import norm_activation as norm_lib  # noqa: E402
+from evonorm_vision import registry_imports  # noqa: E402,F401
+from evonorm_vision.configs import backbones  # noqa: E402
 
 BASELINE = "bn_relu"
 KERAS_REFERENCE = "keras_bn_relu"
+MODELS = {
+    "resnet_v2_50": backbones.Backbone(
+        type="resnet_v2", resnet_v2=backbones.ResNetV2(model_id=50)),
+    "mg_resnet50": backbones.Backbone(
+        type="evonorm_resnet",
+        evonorm_resnet=mg_backbones.ResNet(model_id=50)),
+    "efficientnet_b0": backbones.Backbone(
+        type="evonorm_efficientnet",
+        evonorm_efficientnet=mg_backbones.EfficientNet(model_id="b0",
+                                                       se_ratio=0.25)),
+}
 
 _LAYERS = flags.DEFINE_list(
     "layers", None, "Layers to time (default: every registered layer and "
     f"{KERAS_REFERENCE}). {BASELINE} is always included.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per step.")
 _IMAGE = flags.DEFINE_integer("image_size", 64, "Image height and width.")
-_DEPTH = flags.DEFINE_integer("depth", 50, "ResNet v2 depth.")
+_MODELS = flags.DEFINE_list("models", ["resnet_v2_50"],
+                            f"Backbones, among {sorted(MODELS)}.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
 _STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per round.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per model.")
@@ -75,12 +95,16 @@ class KerasBatchNormReLU(tf_keras.layers.Layer):
     return tf.nn.relu(y) if self.nonlinearity else y
 
 
-def _build_step(layer_name, jit_compile):
-  backbone = resnet_v2.ResNetV2(
-      _DEPTH.value, norm_activation=layer_name,
+def _build_step(model_name, layer_name, jit_compile):
+  backbone = factory.build_backbone(
       input_specs=tf_keras.layers.InputSpec(
-          shape=[None, _IMAGE.value, _IMAGE.value, 3]))
-  features = tf_keras.layers.GlobalAveragePooling2D()(backbone.output["5"])
+          shape=[None, _IMAGE.value, _IMAGE.value, 3]),
+      backbone_config=MODELS[model_name],
+      norm_activation_config=norm_lib.NormActivation(
+          type=layer_name, norm_momentum=0.9, norm_epsilon=1e-5,
+          use_sync_bn=False, allow_group_fallback=True))
+  last = max(backbone.output, key=int)
+  features = tf_keras.layers.GlobalAveragePooling2D()(backbone.output[last])
   model = tf_keras.Model(backbone.input, tf_keras.layers.Dense(1000)(features))
   optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -115,11 +139,45 @@ def _run_step(step, data, device):
   return seconds, peak - start_bytes
 
 
+def _measure(model_name, names, jit, device, data):
+  """Median step time and peak step memory of each layer on one backbone."""
+  steps, memory = {}, {}
+  for name in tqdm(names, desc=f"{model_name}: build + warm up",
+                   file=sys.stderr):
+    steps[name] = _build_step(model_name, name, jit)
+    for _ in range(_WARMUP.value):
+      _, peak = _run_step(steps[name], data, device)
+    memory[name] = peak
+  times = {name: [] for name in names}
+  for _ in tqdm(range(_ROUNDS.value), desc=f"{model_name}: timing rounds",
+                file=sys.stderr):
+    for name in names:
+      for _ in range(_STEPS.value):
+        seconds, peak = _run_step(steps[name], data, device)
+        times[name].append(seconds)
+        memory[name] = max(memory[name], peak)
+  base_time = statistics.median(times[BASELINE])
+  rows = []
+  for name in names:
+    median = statistics.median(times[name])
+    rows.append(dict(model=model_name, layer=name,
+                     median_step_ms=1e3 * median,
+                     time_ratio=median / base_time,
+                     peak_step_mib=memory[name] / 2**20,
+                     memory_ratio=memory[name] / memory[BASELINE],
+                     timed_steps=len(times[name])))
+  return rows
+
+
 def main(argv):
   del argv
   tf.get_logger().setLevel("ERROR")  # one tf.function per model retraces
   evonorm_layers.register_norm_activation(KERAS_REFERENCE, KerasBatchNormReLU,
                                           overwrite=True)
+  unknown = sorted(set(_MODELS.value) - set(MODELS))
+  if unknown:
+    raise app.UsageError(f"Unknown --models {unknown}; choose among "
+                         f"{sorted(MODELS)}.")
   names = _LAYERS.value or (evonorm_layers.available_norm_activations())
   names = [BASELINE] + [n for n in names if n != BASELINE]
   has_accelerator = bool(tf.config.list_logical_devices("GPU") or
@@ -130,42 +188,20 @@ def main(argv):
   data = (tf.constant(rng.normal(size=(_BATCH.value, _IMAGE.value,
                                        _IMAGE.value, 3)).astype(np.float32)),
           tf.constant(rng.integers(0, 1000, _BATCH.value)))
-
-  steps, memory = {}, {}
-  for name in tqdm(names, desc="build + warm up", file=sys.stderr):
-    steps[name] = _build_step(name, jit)
-    for _ in range(_WARMUP.value):
-      _, peak = _run_step(steps[name], data, device)
-    memory[name] = peak
-  times = {name: [] for name in names}
-  for _ in tqdm(range(_ROUNDS.value), desc="timing rounds", file=sys.stderr):
-    for name in names:
-      for _ in range(_STEPS.value):
-        seconds, peak = _run_step(steps[name], data, device)
-        times[name].append(seconds)
-        memory[name] = max(memory[name], peak)
-
-  base_time = statistics.median(times[BASELINE])
-  base_memory = memory[BASELINE]
   rows = []
-  for name in names:
-    median = statistics.median(times[name])
-    rows.append(dict(layer=name, median_step_ms=1e3 * median,
-                     time_ratio=median / base_time,
-                     peak_step_mib=memory[name] / 2**20,
-                     memory_ratio=memory[name] / base_memory,
-                     timed_steps=len(times[name])))
+  for model_name in _MODELS.value:
+    rows += _measure(model_name, names, jit, device, data)
+
   where = (f"{tf.config.list_logical_devices()[-1].device_type}, "
            f"{'XLA' if jit else 'graph mode'}")
-  print(f"\nResNet-{_DEPTH.value} v2, batch {_BATCH.value} at "
-        f"{_IMAGE.value}x{_IMAGE.value}, {where}, TF {tf.__version__}; "
-        f"median of {_ROUNDS.value * _STEPS.value} steps; ratios to "
-        f"{BASELINE} in this run.\n")
-  print("| layer | step (ms) | time vs bn_relu | peak step memory (MiB) | "
-        "memory vs bn_relu |")
-  print("|---|---:|---:|---:|---:|")
+  print(f"\nBatch {_BATCH.value} at {_IMAGE.value}x{_IMAGE.value}, {where}, "
+        f"TF {tf.__version__}; median of {_ROUNDS.value * _STEPS.value} "
+        f"steps; ratios to {BASELINE} on the same backbone in this run.\n")
+  print("| backbone | layer | step (ms) | time vs bn_relu | "
+        "peak step memory (MiB) | memory vs bn_relu |")
+  print("|---|---|---:|---:|---:|---:|")
   for r in rows:
-    print(f"| {r['layer']} | {r['median_step_ms']:.0f} | "
+    print(f"| {r['model']} | {r['layer']} | {r['median_step_ms']:.0f} | "
           f"{r['time_ratio']:.2f}x | {r['peak_step_mib']:.0f} | "
           f"{r['memory_ratio']:.2f}x |")
   if _JSON.value:

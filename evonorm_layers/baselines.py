@@ -60,7 +60,10 @@ class _SiLU:
       self.v1 = self.add_channel_weight("v1", "ones")
 
   def activate(self, z):
-    return z * tf.sigmoid(self.channel_param(self.v1) * z)
+    # Recomputed in the backward pass, as for the EvoNorms, so that the
+    # comparison of memory is like for like.
+    return tf.recompute_grad(lambda z, v1: z * tf.sigmoid(v1 * z))(
+        z, self.channel_param(self.v1))
 
 
 class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
@@ -191,7 +194,9 @@ class FilterResponseNormTLU(base.NormActivation):
   def normalize_activate(self, x, training):
     del training
     mean, var = stats_lib.instance_moments(x, self.layout)
-    z = self.affine(x * tf.math.rsqrt(tf.square(mean) + var + self.epsilon))
+    scale = self.channel_param(self.gamma) * tf.math.rsqrt(
+        tf.square(mean) + var + self.epsilon)
+    z = x * scale + self.channel_param(self.beta)
     return tf.maximum(z, self.channel_param(self.tau)) if self.nonlinearity else z
 
 
@@ -233,5 +238,6 @@ class RandomSearchRejectionLayer(base.BatchDependentNormActivation):
 
     batch = self.batch_or_moving(training, batch_second_moment)
     numerator = tf.nn.relu(x) if self.nonlinearity else x
-    return self.affine(
-        numerator * tf.math.rsqrt(batch["second_moment"] + self.epsilon))
+    scale = self.channel_param(self.gamma) * tf.math.rsqrt(
+        batch["second_moment"] + self.epsilon)
+    return numerator * scale + self.channel_param(self.beta)

@@ -56,7 +56,10 @@ class _EvoNormB(base.BatchDependentNormActivation):
     if not self.nonlinearity:
       batch = self.batch_or_moving(training, lambda: self._batch_variance(
           *stats_lib.instance_moments(x, layout)))
-      return self.affine(x * tf.math.rsqrt(batch["variance"] + self.epsilon))
+      # gamma folded into the per-channel scale: only x is kept for backprop.
+      scale = self.channel_param(self.gamma) * tf.math.rsqrt(
+          batch["variance"] + self.epsilon)
+      return x * scale + self.channel_param(self.beta)
     mean, var = stats_lib.instance_moments(x, layout)
     batch = self.batch_or_moving(training,
                                  lambda: self._batch_variance(mean, var))
