@@ -217,26 +217,31 @@ class BatchDependentNormActivation(NormActivation):
     }
 
   def batch_or_moving(self, training,
-                      batch_statistics: Callable[[], Mapping[str, tf.Tensor]]):
+                      batch_statistics: Callable[[], Mapping[str, tf.Tensor]],
+                      names: tuple[str, ...] | None = None):
     """Returns the statistics to normalize with, updating the moving ones.
 
     Args:
       training: Python bool or boolean tensor.
       batch_statistics: computes the batch statistics (keepdims tensors
-        broadcastable to the input); only called in training.
+        broadcastable to the input), keyed by moving-statistic name; only
+        called in training.
+      names: the statistics it returns (default: every moving statistic).
 
     Returns:
       A dict from statistic name to a tensor broadcastable to the input.
     """
+    names = tuple(names or self.moving)
 
     def from_batch():
       stats = batch_statistics()
       self.update_moving(stats)
-      return dict(stats)
+      return {name: stats[name] for name in names}
 
     def from_moving():
-      return {name: tf.reshape(variable, (1,) + self.layout.param_shape)
-              for name, variable in self.moving.items()}
+      return {name: tf.reshape(self.moving[name],
+                               (1,) + self.layout.param_shape)
+              for name in names}
 
     if isinstance(training, bool):
       return from_batch() if training else from_moving()
@@ -245,8 +250,9 @@ class BatchDependentNormActivation(NormActivation):
 
   def update_moving(self, stats: Mapping[str, tf.Tensor]):
     """``moving = momentum * moving + (1 - momentum) * batch``, no gradient."""
-    for name, variable in self.moving.items():
-      batch_value = tf.stop_gradient(tf.reshape(stats[name], [-1]))
+    for name, value in stats.items():
+      variable = self.moving[name]
+      batch_value = tf.stop_gradient(tf.reshape(value, [-1]))
       variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
 
   def cross_replica(self) -> bool:

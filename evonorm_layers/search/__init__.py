@@ -1,0 +1,20 @@
+"""The layer search: evolve normalization-activation layers from primitive ops.
+
+Sections 3 and 4 of the paper: layers are computation graphs over primitive
+ops (``primitives``, ``graph``), compiled into tf_keras layers (``layer``);
+regularized evolution with a multi-objective tournament (``evolution``)
+proposes them, rejection protocols (``rejection``) discard bad ones cheaply,
+and proxy tasks on several anchor architectures (``proxies``) score the rest,
+evaluated asynchronously on Ray (``distributed``) with every result logged
+(``store``) so a search can be killed and resumed.
+
+Run one with ``python -m evonorm_layers.search --output_dir=DIR``.
+"""
+
+from evonorm_layers.search.graph import LayerGraph
+from evonorm_layers.search.graph import Node
+from evonorm_layers.search.known_layers import KNOWN_GRAPHS
+from evonorm_layers.search.layer import SearchedLayerFactory
+from evonorm_layers.search.layer import SearchedNormActivation
+from evonorm_layers.search.layer import load_searched_layers
+from evonorm_layers.search.layer import register_searched_layer

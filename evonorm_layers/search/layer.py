@@ -1,0 +1,200 @@
+"""A layer graph compiled into a tf_keras norm-activation layer.
+
+``SearchedNormActivation(graph)`` evaluates the graph's nodes in order on the
+float32 input and ends with the per-channel affine, with the same constructor
+shape as every other layer of the library. Batch aggregations (index set
+``bwh``) use batch statistics in training (cross-replica with
+``synchronized=True``) and a moving average per aggregation node in
+inference, exactly as the hand-written B-series: ``std_bwh`` tracks the
+variance, ``rms_bwh`` the second moment, ``mean_bwh`` the mean of its input.
+
+``register_searched_layer(name, graph)`` puts a graph in the
+``evonorm_layers`` registry, so backbones, heads and exports can use it by
+name; the graph is part of the layer's config, so saved models reload.
+
+``nonlinearity=False`` (norm sites without an activation) uses the
+normalization of the graph's series, as the EvoNorms do: ``x /
+sqrt(s2_bwh(x))`` for a graph with batch aggregations, ``x /
+sqrt(s2_{wh,c/g}(x))`` otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+import tf_keras
+
+from evonorm_layers import base
+from evonorm_layers import layout as layout_lib
+from evonorm_layers import registry
+from evonorm_layers import statistics as stats_lib
+from evonorm_layers.search import graph as graph_lib
+from evonorm_layers.search import primitives
+
+_MOVING_OF_MOMENT = {"mean": "mean", "rms": "second_moment",
+                     "std": "variance"}
+_MOVING_INIT = {"mean": "zeros", "second_moment": "ones", "variance": "ones"}
+
+
+def _as_graph(graph) -> graph_lib.LayerGraph:
+  if isinstance(graph, graph_lib.LayerGraph):
+    return graph
+  if isinstance(graph, str):
+    return graph_lib.LayerGraph.from_json(graph)
+  return graph_lib.LayerGraph.from_dict(graph)
+
+
+@tf_keras.saving.register_keras_serializable(package="EvoNorm")
+class SearchedNormActivation(base.BatchDependentNormActivation):
+  """A norm-activation layer defined by a ``LayerGraph``.
+
+  Args:
+    graph: a ``LayerGraph``, its dict or its JSON.
+    groups: groups of the ``whc/g`` aggregations (largest divisor fallback).
+    momentum, synchronized: as for batch-dependent layers; unused when the
+      graph has no batch aggregation.
+    axis, epsilon, nonlinearity: as for every layer of the library.
+  """
+
+  def __init__(self, graph, groups: int = 32, momentum: float = 0.9,
+               synchronized: bool = False, axis: int = -1,
+               epsilon: float = 1e-5, nonlinearity: bool = True, **kwargs):
+    super().__init__(momentum=momentum, synchronized=synchronized, axis=axis,
+                     epsilon=epsilon, nonlinearity=nonlinearity, **kwargs)
+    self.graph = _as_graph(graph).canonical()
+    self.groups = layout_lib.validate_groups(groups, layer_name=self._label)
+    self.batch_dependent = self.graph.uses_batch_statistics
+    self.resolved_groups: int | None = None
+
+  def create_variables(self):
+    self.resolved_groups = layout_lib.resolve_groups(
+        self.groups, self.layout.channels, layer_name=self._label)
+    if not self.nonlinearity:
+      self.moving_statistics = ("variance",) if self.batch_dependent else ()
+    else:
+      self.moving_statistics = tuple(
+          f"node{i}_{_MOVING_OF_MOMENT[primitives.get(self.graph.node(i).op).moment]}"
+          for i in range(len(graph_lib.INITIAL_NODES), self.graph.output + 1)
+          if primitives.get(self.graph.node(i).op).uses_batch)
+    self.moving_initializers = {
+        name: _MOVING_INIT[name.split("_", 1)[-1]]
+        for name in self.moving_statistics}
+    super().create_variables()
+    self.v = {}
+    if self.nonlinearity:
+      for name, init in (("v0", "zeros"), ("v1", "ones")):
+        if self.graph.uses(name):
+          self.v[name] = self.add_channel_weight(name, init)
+
+  def normalize_activate(self, x, training):
+    if not self.nonlinearity:
+      return self._series_normalization(x, training)
+    values = {0: x}
+    for i, name in enumerate(graph_lib.INITIAL_NODES[1:], start=1):
+      if name == "zero":
+        values[i] = tf.zeros((), x.dtype)
+      elif name in self.v:
+        values[i] = self.channel_param(self.v[name])
+    for index in range(len(graph_lib.INITIAL_NODES), self.graph.output + 1):
+      node = self.graph.node(index)
+      primitive = primitives.get(node.op)
+      inputs = [values[j] for j in node.inputs]
+      if primitive.is_aggregation:
+        values[index] = self._aggregate(
+            index, primitive, tf.broadcast_to(inputs[0], tf.shape(x)),
+            training)
+      else:
+        values[index] = primitive.fn(*inputs, self.epsilon)
+    return self.affine(tf.broadcast_to(values[self.graph.output],
+                                       tf.shape(x)))
+
+  def _aggregate(self, index, primitive, z, training):
+    if primitive.index_set == "bwh":
+      key = f"node{index}_{_MOVING_OF_MOMENT[primitive.moment]}"
+
+      def batch_statistic():
+        mean, var = stats_lib.batch_moments(
+            *stats_lib.instance_moments(z, self.layout),
+            synchronized=self.synchronized)
+        return {key: {"mean": mean, "rms": var + tf.square(mean),
+                      "std": var}[primitive.moment]}
+
+      value = self.batch_or_moving(training, batch_statistic, (key,))[key]
+      return value if primitive.moment == "mean" else tf.sqrt(
+          value + self.epsilon)
+    mean, var = stats_lib.instance_moments(z, self.layout)
+    if primitive.index_set != "wh":
+      groups = 1 if primitive.index_set == "whc" else self.resolved_groups
+      mean, var = stats_lib.group_moments(mean, var, self.layout, groups)
+    if primitive.moment == "mean":
+      return mean
+    second = var if primitive.moment == "std" else var + tf.square(mean)
+    return tf.sqrt(second + self.epsilon)
+
+  def _series_normalization(self, x, training):
+    if self.batch_dependent:
+      var = self.batch_or_moving(training, lambda: {
+          "variance": stats_lib.batch_moments(
+              *stats_lib.instance_moments(x, self.layout),
+              synchronized=self.synchronized)[1]})["variance"]
+    else:
+      var = stats_lib.group_moments(
+          *stats_lib.instance_moments(x, self.layout), self.layout,
+          self.resolved_groups)[1]
+    scale = self.channel_param(self.gamma) * tf.math.rsqrt(var + self.epsilon)
+    return x * scale + self.channel_param(self.beta)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(graph=self.graph.to_dict(), groups=self.groups)
+    return config
+
+
+class SearchedLayerFactory:
+  """A registry entry making ``SearchedNormActivation``s of one graph."""
+
+  def __init__(self, graph):
+    self.graph = _as_graph(graph).canonical()
+    self.batch_dependent = self.graph.uses_batch_statistics
+
+  def __call__(self, axis: int = -1, epsilon: float = 1e-5,
+               nonlinearity: bool = True, groups: int = 32,
+               momentum: float = 0.9, synchronized: bool = False,
+               **keras_kwargs) -> SearchedNormActivation:
+    return SearchedNormActivation(
+        self.graph, groups=groups, momentum=momentum,
+        synchronized=synchronized, axis=axis, epsilon=epsilon,
+        nonlinearity=nonlinearity, **keras_kwargs)
+
+  def __repr__(self):
+    return f"SearchedLayerFactory({self.graph.formula()!r})"
+
+
+def register_searched_layer(name: str, graph, *, overwrite: bool = False,
+                            aliases: tuple[str, ...] = ()
+                            ) -> SearchedLayerFactory:
+  """Makes ``graph`` available everywhere as ``get_norm_activation(name)``."""
+  factory = SearchedLayerFactory(graph)
+  registry.register_norm_activation(name, factory, aliases=aliases,
+                                    overwrite=overwrite)
+  return factory
+
+
+def load_searched_layers(layers: Mapping[str, Any] | str, *,
+                         overwrite: bool = True) -> list[str]:
+  """Registers the layers of a search report (``best_layers.json``).
+
+  Args:
+    layers: ``{name: graph dict}`` or the path of such a JSON file.
+
+  Returns:
+    The registered names.
+  """
+  if isinstance(layers, str):
+    with tf.io.gfile.GFile(layers) as f:
+      import json  # pylint: disable=g-import-not-at-top
+      layers = json.load(f)
+  for name, graph in layers.items():
+    register_searched_layer(name, graph, overwrite=overwrite)
+  return list(layers)
