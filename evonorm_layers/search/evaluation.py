@@ -1,0 +1,217 @@
+"""Scoring one candidate: the rejection protocols, then proxy training.
+
+In order, each step cheaper than the next, a candidate is rejected at the
+first failure (Section 4.2 of the paper):
+
+1. **probe**: the compiled layer on a fixed random batch; Inf/NaN rejects.
+   Its outputs, rounded, are the candidate's functional fingerprint: two
+   candidates that compute the same function share one evaluation.
+2. **stability**, per anchor: gradient ascent on the weights towards a
+   larger gradient norm ``||dL/dtheta||``, up to ``stability_steps`` steps;
+   a norm above ``stability_threshold`` (or Inf/NaN) rejects.
+3. **quality**, per anchor: ``quality_steps`` training steps; validation
+   accuracy below ``quality_threshold`` on any anchor rejects.
+4. **training**: the survivors train on to ``train_steps``; their validation
+   accuracy per anchor is the fitness.
+
+A candidate that produces Inf or NaN anywhere is rejected and recorded, never
+a crash; every step's wall time is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from evonorm_layers.search import proxies
+from evonorm_layers.search.graph import LayerGraph
+from evonorm_layers.search.layer import SearchedNormActivation
+
+PROBE_SHAPE = (8, 4, 4, 16)
+
+
+class Rejected(Exception):
+  """A protocol rejected the candidate."""
+
+  def __init__(self, reason: str, detail: dict):
+    super().__init__(reason)
+    self.reason = reason
+    self.detail = detail
+
+
+@dataclasses.dataclass
+class Timer:
+  seconds: dict = dataclasses.field(default_factory=dict)
+
+  def __call__(self, name):
+    timer = self
+
+    class _Span:
+
+      def __enter__(self):
+        self.start = time.perf_counter()
+
+      def __exit__(self, *exc):
+        timer.seconds[name] = timer.seconds.get(name, 0.0) + (
+            time.perf_counter() - self.start)
+
+    return _Span()
+
+
+def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig):
+  def make_norm(nonlinearity: bool = True):
+    return SearchedNormActivation(graph, groups=config.groups,
+                                  nonlinearity=nonlinearity)
+  return make_norm
+
+
+def probe(graph: LayerGraph) -> str:
+  """Functional fingerprint of the layer; raises Rejected on Inf/NaN."""
+  rng = np.random.default_rng(1234)
+  x = tf.constant(rng.normal(0.3, 1.5, PROBE_SHAPE).astype(np.float32))
+  layer = SearchedNormActivation(graph, groups=4)
+  outputs = [layer(x, training=True).numpy(), layer(x, training=False).numpy()]
+  if not all(np.all(np.isfinite(o)) for o in outputs):
+    raise Rejected("nan", {"stage": "probe"})
+  # float16 keeps ~3 significant digits: equal functions agree far closer
+  # (an unlucky rounding only costs a second evaluation).
+  rounded = np.concatenate([o.ravel() for o in outputs]).astype(np.float16)
+  return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
+
+
+def _loss(model, x, y, training=True):
+  logits = model(x, training=training)
+  loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=y, logits=logits))
+  return loss + tf.add_n(model.losses) if model.losses else loss
+
+
+def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
+                   config: proxies.ProxyConfig) -> dict:
+  """Adversarial gradient-norm ascent; returns its record or raises."""
+  x, y = next(iter(proxies.batches(data.train, config.stability_batch,
+                                   config.seed)))
+  variables = model.trainable_variables
+
+  @tf.function
+  def ascend():
+    with tf.GradientTape() as outer:
+      with tf.GradientTape() as inner:
+        loss = _loss(model, x, y)
+      grads = [g for g in inner.gradient(loss, variables) if g is not None]
+      norm = tf.linalg.global_norm(grads)
+    directions = outer.gradient(norm, variables)
+    for variable, direction in zip(variables, directions):
+      if direction is not None:
+        # A step of stability_step_size relative to the variable's norm.
+        step = config.stability_step_size * (tf.norm(variable) + 1e-3)
+        variable.assign_add(step * tf.math.divide_no_nan(
+            direction, tf.norm(direction)))
+    return norm
+
+  largest = 0.0
+  for step in range(1, config.stability_steps + 1):
+    norm = float(ascend())
+    if not math.isfinite(norm) or norm > config.stability_threshold:
+      raise Rejected("stability", {"steps": step, "grad_norm": norm})
+    largest = max(largest, norm)
+  return {"steps": config.stability_steps, "max_grad_norm": largest}
+
+
+def _accuracy(model, data, config) -> float:
+  images, labels = data.validation
+  n = min(config.eval_examples, len(labels))
+  correct = 0
+  for x, y in proxies.batches((images[:n], labels[:n]), 250, config.seed,
+                              repeat=False):
+    logits = model(x, training=False)
+    if not np.all(np.isfinite(logits.numpy())):
+      raise Rejected("nan", {"stage": "evaluation"})
+    correct += int(tf.reduce_sum(tf.cast(
+        tf.argmax(logits, -1) == y, tf.int32)))
+  return correct / n
+
+
+def train(model, data, config, steps: int, start: int = 0,
+          optimizer=None, iterator=None):
+  """SGD with momentum and cosine decay over ``config.train_steps``."""
+  schedule = tf_keras.optimizers.schedules.CosineDecay(
+      config.learning_rate, config.train_steps)
+  optimizer = optimizer or tf_keras.optimizers.SGD(schedule, momentum=0.9)
+  iterator = iterator or iter(proxies.batches(data.train, config.batch_size,
+                                              config.seed))
+
+  @tf.function
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      loss = _loss(model, x, y)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  for i in range(start, steps):
+    loss = step(*next(iterator))
+    if (i + 1) % 20 == 0 or i + 1 == steps:
+      if not math.isfinite(float(loss)):
+        raise Rejected("nan", {"stage": "training", "step": i + 1})
+  return optimizer, iterator
+
+
+def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
+             data: proxies.ProxyData) -> dict[str, Any]:
+  """Runs the protocols and the proxy training for one candidate.
+
+  Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
+  ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
+  (accuracy per anchor after ``quality_steps``), ``stability`` and
+  ``seconds`` per stage.
+  """
+  timer = Timer()
+  record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
+  start = time.perf_counter()
+  tf_keras.backend.clear_session()
+  try:
+    with timer("probe"):
+      record["probe"] = probe(graph)
+    make_norm = norm_factory(graph, config)
+    for anchor in config.anchors:
+      with timer("stability"):
+        model = proxies.build_model(anchor, make_norm, config,
+                                    data.num_classes)
+        record["stability"][anchor] = stability_test(model, data, config)
+    models = {}
+    for anchor in config.anchors:
+      with timer("quality"):
+        tf_keras.utils.set_random_seed(config.seed)
+        model = proxies.build_model(anchor, make_norm, config,
+                                    data.num_classes)
+        state = train(model, data, config, config.quality_steps)
+        accuracy = _accuracy(model, data, config)
+        record["quality"][anchor] = accuracy
+      if accuracy < config.quality_threshold:
+        raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
+      models[anchor] = (model, state)
+    for anchor, (model, (optimizer, iterator)) in models.items():
+      with timer("training"):
+        train(model, data, config, config.train_steps,
+              start=config.quality_steps, optimizer=optimizer,
+              iterator=iterator)
+        record["fitness"][anchor] = _accuracy(model, data, config)
+    record.update(status="accepted", reason=None)
+  except Rejected as rejection:
+    record.update(status="rejected", reason=rejection.reason,
+                  rejection=rejection.detail)
+  except (tf.errors.InvalidArgumentError, FloatingPointError) as error:
+    # e.g. a NaN caught by a numerics check inside TensorFlow.
+    record.update(status="rejected", reason="nan",
+                  rejection={"error": str(error).splitlines()[0][:200]})
+  timer.seconds["total"] = time.perf_counter() - start
+  record["seconds"] = timer.seconds
+  return record
