@@ -73,7 +73,15 @@ def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig):
 
 
 def probe(graph: LayerGraph) -> str:
-  """Functional fingerprint of the layer; raises Rejected on Inf/NaN."""
+  """Functional fingerprint of the layer; raises Rejected on Inf/NaN.
+
+  A layer whose output does not depend on its input cannot learn anything;
+  the quality protocol would reject it after training, so it is rejected
+  here for free.
+  """
+  if not graph.uses("x"):
+    raise Rejected("quality", {"stage": "probe",
+                               "detail": "the output does not depend on x"})
   rng = np.random.default_rng(1234)
   x = tf.constant(rng.normal(0.3, 1.5, PROBE_SHAPE).astype(np.float32))
   layer = SearchedNormActivation(graph, groups=4)
@@ -125,48 +133,67 @@ def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
   return {"steps": config.stability_steps, "max_grad_norm": largest}
 
 
-def _accuracy(model, data, config) -> float:
-  images, labels = data.validation
-  n = min(config.eval_examples, len(labels))
-  correct = 0
-  for x, y in proxies.batches((images[:n], labels[:n]), 250, config.seed,
-                              repeat=False):
-    logits = model(x, training=False)
-    if not np.all(np.isfinite(logits.numpy())):
-      raise Rejected("nan", {"stage": "evaluation"})
-    correct += int(tf.reduce_sum(tf.cast(
-        tf.argmax(logits, -1) == y, tf.int32)))
-  return correct / n
+class ProxyTrainer:
+  """SGD with momentum and cosine decay over ``config.train_steps``, with
+  the training step and the evaluation compiled once per model."""
 
+  def __init__(self, model, data: proxies.ProxyData,
+               config: proxies.ProxyConfig):
+    self.model, self.data, self.config = model, data, config
+    self.steps_done = 0
+    schedule = tf_keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, config.train_steps)
+    self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9)
+    self.iterator = iter(proxies.batches(data.train, config.batch_size,
+                                         config.seed))
 
-def train(model, data, config, steps: int, start: int = 0,
-          optimizer=None, iterator=None):
-  """SGD with momentum and cosine decay over ``config.train_steps``."""
-  schedule = tf_keras.optimizers.schedules.CosineDecay(
-      config.learning_rate, config.train_steps)
-  optimizer = optimizer or tf_keras.optimizers.SGD(schedule, momentum=0.9)
-  iterator = iterator or iter(proxies.batches(data.train, config.batch_size,
-                                              config.seed))
+    @tf.function
+    def step(x, y):
+      with tf.GradientTape() as tape:
+        loss = _loss(model, x, y)
+      grads = tape.gradient(loss, model.trainable_variables)
+      self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
 
-  @tf.function
-  def step(x, y):
-    with tf.GradientTape() as tape:
-      loss = _loss(model, x, y)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+    @tf.function
+    def correct(x, y):
+      logits = model(x, training=False)
+      return (tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int32)),
+              tf.reduce_all(tf.math.is_finite(logits)))
 
-  for i in range(start, steps):
-    loss = step(*next(iterator))
-    if (i + 1) % 20 == 0 or i + 1 == steps:
-      if not math.isfinite(float(loss)):
-        raise Rejected("nan", {"stage": "training", "step": i + 1})
-  return optimizer, iterator
+    self._step, self._correct = step, correct
+
+  def train_until(self, steps: int):
+    while self.steps_done < steps:
+      loss = self._step(*next(self.iterator))
+      self.steps_done += 1
+      if self.steps_done % 20 == 0 or self.steps_done == steps:
+        if not math.isfinite(float(loss)):
+          raise Rejected("nan", {"stage": "training",
+                                 "step": self.steps_done})
+
+  def accuracy(self) -> float:
+    images, labels = getattr(self.data, self.config.eval_split)
+    n = min(self.config.eval_examples, len(labels))
+    correct = 0
+    for x, y in proxies.batches((images[:n], labels[:n]), 250,
+                                self.config.seed, repeat=False):
+      hits, finite = self._correct(x, y)
+      if not bool(finite):
+        raise Rejected("nan", {"stage": "evaluation"})
+      correct += int(hits)
+    return correct / n
 
 
 def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
-             data: proxies.ProxyData) -> dict[str, Any]:
+             data: proxies.ProxyData,
+             known_probes: frozenset[str] | set[str] = frozenset()
+             ) -> dict[str, Any]:
   """Runs the protocols and the proxy training for one candidate.
+
+  If the candidate's probe fingerprint is in ``known_probes`` it computes
+  the same function as a layer already evaluated: the record is then just
+  ``{"status": "cached", "probe": ...}``.
 
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
@@ -180,30 +207,30 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   try:
     with timer("probe"):
       record["probe"] = probe(graph)
+    if record["probe"] in known_probes:
+      return {"status": "cached", "probe": record["probe"]}
     make_norm = norm_factory(graph, config)
-    for anchor in config.anchors:
+    for anchor in (config.anchors if config.stability_steps else ()):
       with timer("stability"):
         model = proxies.build_model(anchor, make_norm, config,
                                     data.num_classes)
         record["stability"][anchor] = stability_test(model, data, config)
-    models = {}
+    trainers = {}
     for anchor in config.anchors:
       with timer("quality"):
         tf_keras.utils.set_random_seed(config.seed)
-        model = proxies.build_model(anchor, make_norm, config,
-                                    data.num_classes)
-        state = train(model, data, config, config.quality_steps)
-        accuracy = _accuracy(model, data, config)
+        trainer = ProxyTrainer(proxies.build_model(
+            anchor, make_norm, config, data.num_classes), data, config)
+        trainer.train_until(config.quality_steps)
+        accuracy = trainer.accuracy()
         record["quality"][anchor] = accuracy
       if accuracy < config.quality_threshold:
         raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
-      models[anchor] = (model, state)
-    for anchor, (model, (optimizer, iterator)) in models.items():
+      trainers[anchor] = trainer
+    for anchor, trainer in trainers.items():
       with timer("training"):
-        train(model, data, config, config.train_steps,
-              start=config.quality_steps, optimizer=optimizer,
-              iterator=iterator)
-        record["fitness"][anchor] = _accuracy(model, data, config)
+        trainer.train_until(config.train_steps)
+        record["fitness"][anchor] = trainer.accuracy()
     record.update(status="accepted", reason=None)
   except Rejected as rejection:
     record.update(status="rejected", reason=rejection.reason,

@@ -45,13 +45,14 @@ class ProxyConfig:
   width: int = 16
   blocks: int = 1
   batch_size: int = 64
-  learning_rate: float = 0.1
+  learning_rate: float = 0.03
   weight_decay: float = 5e-4
   groups: int = 4
   quality_steps: int = 100  # quality protocol: train this long...
   quality_threshold: float = 0.2  # ...then reject below this accuracy
   train_steps: int = 400  # full proxy training of survivors
   eval_examples: int = 1000
+  eval_split: str = "validation"  # "held_out" when re-ranking
   stability_steps: int = 100  # stability protocol: ascent steps...
   stability_threshold: float = 1e8  # ...rejecting above this gradient norm
   stability_batch: int = 8
@@ -63,6 +64,17 @@ class ProxyConfig:
     if unknown or not self.anchors:
       raise ValueError(f"Unknown proxy anchors {unknown or '(none)'}; "
                        f"choose among {ANCHORS}.")
+    for name in ("image_size", "width", "blocks", "batch_size", "groups",
+                 "train_steps", "eval_examples", "stability_batch"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ProxyConfig.{name} must be at least 1; received "
+                         f"{getattr(self, name)}.")
+    if not 0 <= self.quality_steps <= self.train_steps:
+      raise ValueError(f"quality_steps ({self.quality_steps}) must be between "
+                       f"0 and train_steps ({self.train_steps}).")
+    if self.eval_split not in ("validation", "held_out"):
+      raise ValueError("ProxyConfig.eval_split must be 'validation' or "
+                       f"'held_out'; received {self.eval_split!r}.")
     if self.dataset not in ("auto", "cifar10", "digits"):
       raise ValueError("ProxyConfig.dataset must be 'auto', 'cifar10' or "
                        f"'digits'; received {self.dataset!r}.")

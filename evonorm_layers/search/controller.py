@@ -1,0 +1,296 @@
+"""The search controller: proposes candidates, farms them out on Ray, logs.
+
+Asynchronous regularized evolution (Section 4.1): up to ``workers``
+candidates are in flight; whenever any one finishes, it is logged, joins the
+population if it passed the rejection protocols (the population is a sliding
+window of the ``population`` most recent accepted layers), and a new child
+is proposed from a tournament on the current population, so the controller
+never waits for the slowest worker. Until the population is full, and
+throughout with ``algorithm="random"`` (random search with rejection, the
+paper's baseline), children are random layers.
+
+Two caches avoid training a layer twice: candidates with a canonical graph
+seen before, and candidates whose probe outputs match an evaluated one
+(functional equivalence, as in AutoML-Zero), reuse the earlier result.
+
+A worker that dies is retried by Ray (``max_retries``) and, if it keeps
+failing, re-queued by the controller; after every event the controller's
+state is checkpointed, so a killed search resumed from the same output
+directory re-submits what was in flight and loses no finished evaluation.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from evonorm_layers.search import evolution
+from evonorm_layers.search import proxies
+from evonorm_layers.search import store as store_lib
+from evonorm_layers.search.graph import LayerGraph
+
+ALGORITHMS = ("evolution", "random")
+# Testing hook: "ID:PATH" makes the worker evaluating candidate ID exit
+# abruptly once (PATH marks that it happened), to exercise recovery.
+CRASH_ONCE_ENV = "EVONORM_SEARCH_CRASH_ONCE"
+MAX_REQUEUES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """What a search is; stored in its output directory."""
+
+  algorithm: str = "evolution"
+  criterion: str = "pareto"
+  population: int = 20
+  tournament: int = 5
+  max_candidates: int = 200
+  batch_independent: bool = False
+  seed: int = 0
+  proxy: proxies.ProxyConfig = proxies.ProxyConfig()
+
+  def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(f"algorithm must be one of {ALGORITHMS}; received "
+                       f"{self.algorithm!r}.")
+    if self.criterion not in evolution.CRITERIA:
+      raise ValueError(f"criterion must be one of {evolution.CRITERIA}; "
+                       f"received {self.criterion!r}.")
+    for name in ("population", "tournament", "max_candidates"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be at least 1; received "
+                         f"{getattr(self, name)}.")
+    if self.tournament > self.population:
+      raise ValueError(f"tournament ({self.tournament}) cannot exceed "
+                       f"population ({self.population}).")
+
+  def to_dict(self) -> dict:
+    data = dataclasses.asdict(self)
+    data["proxy"] = self.proxy.to_dict()
+    return data
+
+  @classmethod
+  def from_dict(cls, data: dict) -> "SearchConfig":
+    data = dict(data)
+    data["proxy"] = proxies.ProxyConfig.from_dict(data.get("proxy", {}))
+    return cls(**data)
+
+
+# -- the worker side ---------------------------------------------------------
+
+_WORKER_DATA: dict[str, proxies.ProxyData] = {}
+
+
+def evaluate_in_worker(candidate: dict, proxy: dict,
+                       known_probes: list[str]) -> dict:
+  """Runs in a Ray worker: one candidate's protocols and training."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
+  if not _WORKER_DATA:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+  crash = os.environ.get(CRASH_ONCE_ENV, "")
+  if crash:
+    crash_id, marker = crash.split(":", 1)
+    if int(crash_id) == candidate["id"] and not os.path.exists(marker):
+      open(marker, "w").close()
+      os._exit(1)  # pylint: disable=protected-access
+  config = proxies.ProxyConfig.from_dict(proxy)
+  key = repr(sorted(proxy.items()))
+  if key not in _WORKER_DATA:
+    _WORKER_DATA[key] = proxies.load_data(config)
+  record = evaluation.evaluate(LayerGraph.from_dict(candidate["graph"]),
+                               config, _WORKER_DATA[key],
+                               known_probes=set(known_probes))
+  record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
+  return record
+
+
+class RayEvaluator:
+  """Submits candidates as Ray tasks (one CPU each) and collects them."""
+
+  def __init__(self, workers: int, address: str | None = None):
+    import ray  # pylint: disable=g-import-not-at-top
+    self.ray = ray
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if CRASH_ONCE_ENV in os.environ:
+      env[CRASH_ONCE_ENV] = os.environ[CRASH_ONCE_ENV]
+    if not ray.is_initialized():
+      if address:
+        ray.init(address=address, runtime_env={"env_vars": env},
+                 log_to_driver=False)
+      else:
+        ray.init(num_cpus=workers, include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+    self.remote = ray.remote(num_cpus=1, max_retries=2)(evaluate_in_worker)
+
+  def submit(self, candidate, proxy, known_probes):
+    return self.remote.remote(candidate, proxy, sorted(known_probes))
+
+  def wait_one(self, refs):
+    ready, _ = self.ray.wait(list(refs), num_returns=1)
+    return ready[0]
+
+  def result(self, ref) -> dict:
+    """The record; raises ``WorkerLost`` if the worker died every retry."""
+    try:
+      return self.ray.get(ref)
+    except (self.ray.exceptions.WorkerCrashedError,
+            self.ray.exceptions.NodeDiedError,
+            self.ray.exceptions.ObjectLostError) as e:
+      raise WorkerLost(str(e)) from e
+
+  def shutdown(self):
+    self.ray.shutdown()
+
+
+class WorkerLost(RuntimeError):
+  """The worker evaluating a candidate died (after Ray's retries)."""
+
+
+# -- the controller ------------------------------------------------------------
+
+class Search:
+  """One search run over a ``SearchStore``; see the module docstring."""
+
+  def __init__(self, config: SearchConfig, store: store_lib.SearchStore,
+               evaluator, workers: int, progress: bool = True):
+    self.config, self.store, self.evaluator = config, store, evaluator
+    self.workers = workers
+    self.progress = progress
+    self.records = store.records()
+    self.population = collections.deque(
+        store_lib.accepted(self.records), maxlen=config.population)
+    self.by_fingerprint = {r["fingerprint"]: r for r in self.records}
+    self.by_probe = {r["probe"]: r for r in self.records if r.get("probe")}
+    state = store.load_state() or {}
+    self.rng = np.random.default_rng(config.seed)
+    if "rng" in state:
+      self.rng.bit_generator.state = state["rng"]
+    logged = {r["id"] for r in self.records}
+    self.next_id = max([state.get("next_id", 0)] +
+                       [r["id"] + 1 for r in self.records])
+    # Candidates in flight when the last run stopped are evaluated first.
+    self.pending = collections.deque(
+        c for c in state.get("in_flight", []) if c["id"] not in logged)
+    self.in_flight: dict[Any, dict] = {}
+
+  # -- proposing -------------------------------------------------------------
+
+  def _propose(self) -> dict:
+    if self.pending:
+      return self.pending.popleft()
+    cfg = self.config
+    parent = None
+    if cfg.algorithm == "evolution" and len(self.population) >= (
+        cfg.population):
+      parent = evolution.select_parent(list(self.population), cfg.tournament,
+                                       cfg.criterion, self.rng)
+      graph = evolution.mutate(LayerGraph.from_dict(parent["graph"]),
+                               self.rng,
+                               batch_independent=cfg.batch_independent)
+    else:
+      graph = evolution.random_graph(self.rng,
+                                     batch_independent=cfg.batch_independent)
+    candidate = {"id": self.next_id, "graph": graph.to_dict(),
+                 "origin": "mutation" if parent else "random",
+                 "parent": parent["id"] if parent else None, "requeues": 0}
+    self.next_id += 1
+    return candidate
+
+  # -- bookkeeping -------------------------------------------------------------
+
+  def _checkpoint(self):
+    self.store.save_state({
+        "rng": self.rng.bit_generator.state,
+        "next_id": self.next_id,
+        "in_flight": list(self.in_flight.values()) + list(self.pending),
+    })
+
+  def _finish(self, candidate: dict, result: dict,
+              cached_from: dict | None = None):
+    graph = LayerGraph.from_dict(candidate["graph"])
+    if cached_from is not None:
+      result = {k: cached_from[k] for k in (
+          "status", "reason", "fitness", "quality", "stability", "probe",
+          "rejection") if k in cached_from}
+      result.update(cached_from=cached_from["id"], seconds={"total": 0.0})
+    record = {**result, "id": candidate["id"], "graph": candidate["graph"],
+              "formula": graph.formula(), "fingerprint": graph.fingerprint(),
+              "origin": candidate["origin"], "parent": candidate["parent"],
+              "requeues": candidate["requeues"], "finished_at": time.time()}
+    self.store.append(record)
+    self.records.append(record)
+    self.by_fingerprint.setdefault(record["fingerprint"], record)
+    if record.get("probe"):
+      self.by_probe.setdefault(record["probe"], record)
+    if record["status"] == "accepted":
+      self.population.append(record)
+    return record
+
+  def _submit(self, candidate: dict) -> dict | None:
+    """Submits, or finishes at once from the graph cache (returns record)."""
+    fingerprint = LayerGraph.from_dict(candidate["graph"]).fingerprint()
+    if fingerprint in self.by_fingerprint:
+      return self._finish(candidate, {}, self.by_fingerprint[fingerprint])
+    ref = self.evaluator.submit(candidate, self.config.proxy.to_dict(),
+                                self.by_probe.keys())
+    self.in_flight[ref] = candidate
+    return None
+
+  # -- the loop ----------------------------------------------------------------
+
+  def run(self) -> list[dict]:
+    """Runs until ``max_candidates`` evaluations are logged."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    target = self.config.max_candidates
+    bar = tqdm(total=target, initial=min(len(self.records), target),
+               desc="layer search", unit="layer", disable=not self.progress)
+    submitted = len(self.records)
+    while len(self.records) < target:
+      while (len(self.in_flight) < self.workers and
+             submitted + len(self.in_flight) < target):
+        candidate = self._propose()
+        if self._submit(candidate) is not None:
+          submitted += 1
+          bar.update(1)
+        self._checkpoint()
+      if not self.in_flight:
+        continue
+      ref = self.evaluator.wait_one(self.in_flight)
+      candidate = self.in_flight.pop(ref)
+      try:
+        result = self.evaluator.result(ref)
+      except WorkerLost as e:
+        candidate["requeues"] += 1
+        if candidate["requeues"] <= MAX_REQUEUES:
+          self.pending.appendleft(candidate)
+        else:
+          self._finish(candidate, {"status": "rejected", "reason": "error",
+                                   "rejection": {"error": str(e)[:300]}})
+          submitted += 1
+          bar.update(1)
+        self._checkpoint()
+        continue
+      if result.get("status") == "cached":
+        self._finish(candidate, {}, cached_from=self.by_probe[result["probe"]])
+      else:
+        self._finish(candidate, result)
+      submitted += 1
+      bar.update(1)
+      self._set_postfix(bar)
+      self._checkpoint()
+    bar.close()
+    return self.records
+
+  def _set_postfix(self, bar):
+    accepted = store_lib.accepted(self.records)
+    best = max((evolution.average_fitness(r) for r in accepted), default=0.0)
+    bar.set_postfix(accepted=len(accepted),
+                    rejected=len(self.records) - len(accepted),
+                    best=f"{best:.3f}")
