@@ -56,7 +56,7 @@ class ProxyConfig:
   stability_steps: int = 100  # stability protocol: ascent steps...
   stability_threshold: float = 1e8  # ...rejecting above this gradient norm
   stability_batch: int = 8
-  stability_step_size: float = 0.1
+  stability_step_size: float = 0.01  # relative to each weight's norm
   seed: int = 0
 
   def __post_init__(self):

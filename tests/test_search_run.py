@@ -1,0 +1,112 @@
+"""A tiny search on real Ray: killed mid-way, resumed, worker crash survived."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from evonorm_layers.search import controller
+
+TINY = ["--dataset=digits", "--image_size=16", "--width=4",
+        "--batch_size=32", "--anchors=resnet", "--quality_steps=10",
+        "--train_steps=20", "--stability_steps=3", "--eval_examples=100",
+        "--quality_threshold=0.15", "--population=2", "--tournament=2",
+        "--workers=2", "--rerank_top_k=2", "--noprogress"]
+
+
+def _search(*flags):
+  return [sys.executable, "-m", "evonorm_layers.search", *flags]
+
+
+def _log(output_dir):
+  path = os.path.join(output_dir, "evaluations.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [line for line in f if line.endswith("\n")]
+
+
+def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
+  output_dir = str(tmp_path / "search")
+  marker = str(tmp_path / "worker_crashed")
+  env = {**os.environ, controller.CRASH_ONCE_ENV: f"1:{marker}"}
+  first = subprocess.Popen(
+      _search(f"--output_dir={output_dir}", "--max_candidates=8", *TINY),
+      env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while len(_log(output_dir)) < 3:
+      if first.poll() is not None:
+        pytest.fail("the search exited early:\n" + first.stderr.read()[-3000:])
+      assert time.time() < deadline, "fewer than 3 evaluations in 300 s"
+      time.sleep(0.5)
+  finally:
+    os.killpg(first.pid, signal.SIGKILL)  # the driver, Ray and its workers
+    first.wait()
+  before = _log(output_dir)
+  assert 3 <= len(before) < 8
+
+  second = subprocess.run(
+      _search(f"--output_dir={output_dir}", "--resume"), capture_output=True,
+      text=True, timeout=600, check=False)
+  assert second.returncode == 0, second.stderr[-3000:]
+  after = _log(output_dir)
+  assert after[:len(before)] == before  # finished work kept as it was
+  records = [json.loads(line) for line in after]
+  ids = [r["id"] for r in records]
+  assert len(records) == 8 and len(set(ids)) == 8, ids
+  for r in records:
+    assert r["status"] in ("accepted", "rejected")
+    assert r["reason"] in (None, "nan", "stability", "quality")
+    assert r["formula"] and r["fingerprint"] and "total" in r["seconds"]
+  # The worker evaluating candidate 1 died once; Ray retried the task.
+  assert os.path.exists(marker)
+  assert ids.count(1) == 1
+  for name in ("report.md", "best_layers.json", "figure2_random_layers.png",
+               "figure6_progress.png", "pareto_front.png", "state.json"):
+    assert os.path.getsize(os.path.join(output_dir, name)) > 0, name
+  with open(os.path.join(output_dir, "report.md")) as f:
+    assert "Candidates evaluated: 8" in f.read()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tournament=5", "--population=2"],
+     r"tournament \(5\) cannot exceed population \(2\)"),
+    (["--anchors=resnet,vgg"], r"Unknown proxy anchors \['vgg'\]"),
+    (["--quality_steps=50", "--train_steps=20"],
+     r"quality_steps \(50\) must be between 0 and train_steps \(20\)"),
+])
+def test_bad_flags_are_clear_errors(tmp_path, flags, message):
+  result = subprocess.run(
+      _search(f"--output_dir={tmp_path / 'out'}", *flags),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert __import__("re").search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_output_dir_misuse_is_a_clear_error(tmp_path):
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "config.json").write_text(json.dumps(
+      controller.SearchConfig().to_dict()))
+  cases = [
+      ([f"--output_dir={existing}"], "already holds a search.*--resume"),
+      ([f"--output_dir={tmp_path / 'empty'}", "--resume"],
+       "holds no search"),
+      ([f"--output_dir={existing}", "--resume", "--criterion=average"],
+       "these flags differ from it: --criterion"),
+  ]
+  file_path = tmp_path / "a_file"
+  file_path.write_text("")
+  cases.append(([f"--output_dir={file_path}"], "is a file, not a directory"))
+  for flags, message in cases:
+    result = subprocess.run(_search(*flags), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode != 0, flags
+    assert __import__("re").search(message, result.stderr), (
+        flags, result.stderr[-2000:])
