@@ -1,6 +1,7 @@
 """The Model Garden side: entry point, resume, strategies, export, configs."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from official.vision.ops import preprocess_ops
 from official.vision.serving import image_classification as image_classification_serving
 
 import evonorm_layers
+from evonorm_layers.search import KNOWN_GRAPHS
 from evonorm_vision import experiment
 from evonorm_vision import export_saved_model
 from evonorm_vision.data import digits
@@ -80,10 +82,17 @@ def test_entry_point_trains_evaluates_and_writes_summaries(trained_model_dir):
 
 
 def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
+  """With a layer a search found (EvoNorm-B0's graph), named by config."""
   model_dir = str(tmp_path / "model")
-  overrides = f"{FAST},{_data_override(digits_dir)},trainer.train_steps=1000"
+  found = tmp_path / "best_layers.json"
+  found.write_text(json.dumps(
+      {"searched_b0": KNOWN_GRAPHS["evonorm_b0"].to_dict()}))
+  searched = [f"--searched_layers={found}"]
+  overrides = (f"{FAST},{_data_override(digits_dir)},"
+               "task.model.norm_activation.type=searched_b0")
   process = subprocess.Popen(
-      _train_cmd(model_dir, overrides, mode="train"),
+      _train_cmd(model_dir, f"{overrides},trainer.train_steps=1000",
+                 mode="train") + searched,
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 300
@@ -99,13 +108,24 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
 
   target = killed_at + 2
   result = subprocess.run(
-      _train_cmd(model_dir, f"{FAST},{_data_override(digits_dir)},"
-                 f"trainer.train_steps={target}", mode="train"),
+      _train_cmd(model_dir, f"{overrides},trainer.train_steps={target}",
+                 mode="train") + searched,
       capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "Registered searched layers: searched_b0" in result.stderr
   assert f"restored from checkpoint: {model_dir}/ckpt-{killed_at}" in (
       result.stderr)
   assert _latest_step(model_dir) == target
+  variables = [name for name, _ in tf.train.list_variables(model_dir)]
+  # The graph's batch aggregation keeps its moving variance; no BN's mean.
+  assert any("/node4_variance/" in n for n in variables), variables[:20]
+  assert not any("moving_mean" in n for n in variables)
+
+
+def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"--searched_layers=.*nope.json"
+                     r"' does not exist.*best_layers.json"):
+    experiment.register_searched_layers([str(tmp_path / "nope.json")])
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -3,10 +3,11 @@
 Sections 3 and 4 of the paper: layers are computation graphs over primitive
 ops (``primitives``, ``graph``), compiled into tf_keras layers (``layer``);
 regularized evolution with a multi-objective tournament (``evolution``)
-proposes them, rejection protocols (``rejection``) discard bad ones cheaply,
+proposes them, rejection protocols (``evaluation``) discard bad ones cheaply,
 and proxy tasks on several anchor architectures (``proxies``) score the rest,
-evaluated asynchronously on Ray (``distributed``) with every result logged
-(``store``) so a search can be killed and resumed.
+evaluated asynchronously on Ray (``controller``) with every result logged
+(``store``) so a search can be killed and resumed; ``report`` writes the
+plots and the ranking.
 
 Run one with ``python -m evonorm_layers.search --output_dir=DIR``.
 """

@@ -151,9 +151,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.resume and FLAGS["max_candidates"].present:
-    stored = store.open_existing()
-    stored["max_candidates"] = config.max_candidates
-    store._write_atomic(store_lib.CONFIG, stored)  # pylint: disable=protected-access
+    store.update_config(config.to_dict())
 
   evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address)
   try:

@@ -60,6 +60,10 @@ class SearchStore:
     with open(self.path(CONFIG)) as f:
       return json.load(f)
 
+  def update_config(self, config: dict):
+    """Replaces the stored config (e.g. a resumed search's new budget)."""
+    self._write_atomic(CONFIG, config)
+
   # -- log -----------------------------------------------------------------------
 
   def append(self, record: dict):

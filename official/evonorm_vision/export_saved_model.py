@@ -17,9 +17,11 @@ from official.vision.serving import export_saved_model_lib
 
 from evonorm_vision import experiment
 
-def load_params(name, config_files=(), params_override=""):
+def load_params(name, config_files=(), params_override="",
+                searched_layers=()):
   """The experiment config after YAML files and overrides."""
   experiment.check_experiment_name(name)
+  experiment.register_searched_layers(searched_layers)
   params = exp_factory.get_exp_config(name)
   for path in config_files or ():
     params = hyperparams.override_params_dict(params, path, is_strict=True)
@@ -56,13 +58,15 @@ def define_flags():
   flags.DEFINE_list("input_image_size", None,
                     "Height,width (default: the model's input size).")
   flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: any).")
+  experiment.define_searched_layers_flag()
   flags.mark_flags_as_required(["experiment", "checkpoint_path",
                                 "export_dir"])
 
 
 def main(_):
   f = flags.FLAGS
-  params = load_params(f.experiment, f.config_file, f.params_override)
+  params = load_params(f.experiment, f.config_file, f.params_override,
+                       f.searched_layers)
   print(export(params, f.checkpoint_path, f.export_dir, f.input_type,
                f.input_image_size, f.batch_size))
 

@@ -7,7 +7,8 @@ strategy is ``runtime.distribution_strategy``: ``tpu`` (TPUStrategy; TF 2.20
 has no TPUEstimator), ``mirrored``, ``multi_worker_mirrored`` or
 ``one_device``. Checkpoints and TensorBoard summaries go to ``--model_dir``;
 a killed job started again with the same ``--model_dir`` resumes from its last
-checkpoint.
+checkpoint. ``--searched_layers=DIR/best_layers.json`` registers the layers a
+layer search found, so ``task.model.norm_activation.type`` can name them.
 
   python -m evonorm_vision.train --experiment=evonorm_resnet50_imagenet \
     --mode=train_and_eval --model_dir=gs://bucket/r50_b0 --tpu=my-tpu \
@@ -47,6 +48,7 @@ def main(_):
 
 def run():
   tfm_flags.define_flags()
+  experiment.define_searched_layers_flag()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)
 

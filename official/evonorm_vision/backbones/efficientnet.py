@@ -18,15 +18,14 @@ from official.vision.modeling.layers import nn_layers
 
 import evonorm_layers
 from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones.serialization import deserialize_regularizers
-from evonorm_vision.backbones.serialization import serialize_regularizers
+from evonorm_vision.backbones.serialization import SerializableBackbone
 from evonorm_vision.backbones import blocks
 
 layers = tf_keras.layers
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class EfficientNet(tf_keras.Model):
+class EfficientNet(SerializableBackbone):
   """EfficientNet backbone; ``norm_activation`` picks every norm site.
 
   Args:
@@ -103,17 +102,6 @@ class EfficientNet(tf_keras.Model):
                       **conv_kwargs)(x)
     endpoints[str(level)] = make_norm(name="head_norm")(x)
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
-
-  def get_config(self):
-    return serialize_regularizers(self._config_dict)
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    return cls(**deserialize_regularizers(config))
-
-  @property
-  def output_specs(self):
-    return self._output_specs
 
 
 @factory.register_backbone_builder("evonorm_efficientnet")

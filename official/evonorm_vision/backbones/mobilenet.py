@@ -19,8 +19,7 @@ from official.vision.modeling.backbones import factory
 from official.vision.modeling.backbones import mobilenet as mg_mobilenet
 
 from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones.serialization import deserialize_regularizers
-from evonorm_vision.backbones.serialization import serialize_regularizers
+from evonorm_vision.backbones.serialization import SerializableBackbone
 from evonorm_vision.backbones import blocks
 
 layers = tf_keras.layers
@@ -55,7 +54,7 @@ SPECS = {
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class MobileNet(tf_keras.Model):
+class MobileNet(SerializableBackbone):
   """MobileNetV2 / MnasNet-B1; ``norm_activation`` picks every norm site.
 
   Args:
@@ -117,17 +116,6 @@ class MobileNet(tf_keras.Model):
     self._output_specs = {k: v.get_shape() for k, v in endpoints.items()}
     endpoints[str(level)] = x
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
-
-  def get_config(self):
-    return serialize_regularizers(self._config_dict)
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    return cls(**deserialize_regularizers(config))
-
-  @property
-  def output_specs(self):
-    return self._output_specs
 
 
 @factory.register_backbone_builder("evonorm_mobilenet")

@@ -20,8 +20,7 @@ from official.vision.modeling.backbones import factory
 
 import evonorm_layers
 from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones.serialization import deserialize_regularizers
-from evonorm_vision.backbones.serialization import serialize_regularizers
+from evonorm_vision.backbones.serialization import SerializableBackbone
 
 layers = tf_keras.layers
 
@@ -41,7 +40,7 @@ STEM_TYPES = ("imagenet", "cifar")
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class ResNetV2(tf_keras.Model):
+class ResNetV2(SerializableBackbone):
   """A pre-activation ResNet backbone with a selectable norm-activation layer.
 
   Args:
@@ -130,18 +129,6 @@ class ResNetV2(tf_keras.Model):
     y = self._make_norm(name=f"{name}_norm3")(y)
     y = self._conv(y, 4 * filters, 1, 1, f"{name}_conv3")
     return layers.Add(name=f"{name}_add")([shortcut, y])
-
-  def get_config(self):
-    return serialize_regularizers(self._config_dict)
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    return cls(**deserialize_regularizers(config))
-
-  @property
-  def output_specs(self):
-    """``{level: TensorShape}`` of the endpoints."""
-    return self._output_specs
 
 
 @factory.register_backbone_builder("resnet_v2")

@@ -1,4 +1,10 @@
-"""Keras-serializable backbone configs (regularizer objects as dicts)."""
+"""Keras serialization shared by the backbones of this package.
+
+Each backbone is a functional ``tf_keras.Model`` built in ``__init__`` from
+its constructor arguments, kept in ``self._config_dict`` (regularizer
+objects serialized as dicts), with its endpoints' shapes in
+``self._output_specs``, as Model Garden's backbones do.
+"""
 
 import tf_keras
 
@@ -14,3 +20,19 @@ def serialize_regularizers(config: dict) -> dict:
 def deserialize_regularizers(config: dict) -> dict:
   return {k: (tf_keras.regularizers.get(v) if k in _REGULARIZER_KEYS else v)
           for k, v in config.items()}
+
+
+class SerializableBackbone(tf_keras.Model):
+  """``get_config``/``from_config`` and ``output_specs`` of a backbone."""
+
+  def get_config(self):
+    return serialize_regularizers(self._config_dict)
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    return cls(**deserialize_regularizers(config))
+
+  @property
+  def output_specs(self):
+    """``{level: TensorShape}`` of the endpoints decoders read."""
+    return self._output_specs
