@@ -118,7 +118,7 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
   assert _latest_step(model_dir) == target
   variables = [name for name, _ in tf.train.list_variables(model_dir)]
   # The graph's batch aggregation keeps its moving variance; no BN's mean.
-  assert any("/node4_variance/" in n for n in variables), variables[:20]
+  assert any("/moving_node4_variance/" in n for n in variables), variables[:20]
   assert not any("moving_mean" in n for n in variables)
 
 
