@@ -202,11 +202,17 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
   for r in top:
     latex = LayerGraph.from_dict(r["graph"]).formula(latex=True)
     lines.append(f"- `{layer_name(r)}`: $${latex}$$")
+  example = layer_name(top[0]) if top else "searched_..."
   lines += ["", "Use them in any model of this project:", "", "```python",
+            "import evonorm_layers",
             "from evonorm_layers.search import load_searched_layers",
             "load_searched_layers('best_layers.json')",
             "layer = evonorm_layers.get_norm_activation("
-            f"'{layer_name(top[0]) if top else 'searched_...'}')", "```",
+            f"'{example}')", "```",
+            "", "or in a Model Garden experiment:", "", "```bash",
+            "python -m evonorm_vision.train --searched_layers=best_layers.json "
+            "--params_override=task.model.norm_activation.type="
+            f"{example} ...", "```",
             "", "![random layers](figure2_random_layers.png)",
             "![progress](figure6_progress.png)",
             "![Pareto front](pareto_front.png)", ""]
