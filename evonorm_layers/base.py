@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras
 
 from evonorm_layers import layout as layout_lib
+from evonorm_layers import statistics as stats_lib
 
 _MOVING_VARIABLE_PREFIX = "moving_"
 
@@ -254,6 +255,13 @@ class BatchDependentNormActivation(NormActivation):
       variable = self.moving[name]
       batch_value = tf.stop_gradient(tf.reshape(value, [-1]))
       variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
+
+  def batch_moments(self, x: tf.Tensor):
+    """Per-channel batch mean and variance of ``x`` (over all replicas with
+    ``synchronized=True``)."""
+    return stats_lib.batch_moments(
+        *stats_lib.instance_moments(x, self.layout),
+        synchronized=self.synchronized)
 
   def cross_replica(self) -> bool:
     """Whether this call aggregates batch statistics across replicas."""

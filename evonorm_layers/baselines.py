@@ -116,9 +116,7 @@ class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
     """Cross-replica path: batch moments aggregated over all replicas."""
 
     def batch_statistics():
-      mean, var = stats_lib.batch_moments(
-          *stats_lib.instance_moments(x, self.layout),
-          synchronized=self.synchronized)
+      mean, var = self.batch_moments(x)
       return {"mean": mean, "variance": var}
 
     batch = self.batch_or_moving(training, batch_statistics)
@@ -231,9 +229,7 @@ class RandomSearchRejectionLayer(base.BatchDependentNormActivation):
 
   def normalize_activate(self, x, training):
     def batch_second_moment():
-      mean, var = stats_lib.batch_moments(
-          *stats_lib.instance_moments(x, self.layout),
-          synchronized=self.synchronized)
+      mean, var = self.batch_moments(x)
       return {"second_moment": tf.square(mean) + var}
 
     batch = self.batch_or_moving(training, batch_second_moment)

@@ -82,7 +82,7 @@ class LayerGraph:
 
   @property
   def uses_batch_statistics(self) -> bool:
-    return any(self.node(i).op and primitives.get(self.node(i).op).uses_batch
+    return any(primitives.get(self.node(i).op).uses_batch
                for i in self.used_nodes() if i >= len(INITIAL_NODES))
 
   def uses(self, initial: str) -> bool:
@@ -107,7 +107,7 @@ class LayerGraph:
         continue
       nodes.append(key)
       remap[index] = len(INITIAL_NODES) + len(nodes) - 1
-      seen.setdefault(key, remap[index])
+      seen[key] = remap[index]
     return LayerGraph(tuple(nodes))
 
   def fingerprint(self) -> str:

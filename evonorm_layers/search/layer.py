@@ -114,9 +114,7 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
       key = f"node{index}_{_MOVING_OF_MOMENT[primitive.moment]}"
 
       def batch_statistic():
-        mean, var = stats_lib.batch_moments(
-            *stats_lib.instance_moments(z, self.layout),
-            synchronized=self.synchronized)
+        mean, var = self.batch_moments(z)
         return {key: {"mean": mean, "rms": var + tf.square(mean),
                       "std": var}[primitive.moment]}
 
@@ -135,9 +133,7 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
   def _series_normalization(self, x, training):
     if self.batch_dependent:
       var = self.batch_or_moving(training, lambda: {
-          "variance": stats_lib.batch_moments(
-              *stats_lib.instance_moments(x, self.layout),
-              synchronized=self.synchronized)[1]})["variance"]
+          "variance": self.batch_moments(x)[1]})["variance"]
     else:
       var = stats_lib.group_moments(
           *stats_lib.instance_moments(x, self.layout), self.layout,
