@@ -20,6 +20,12 @@ then ReLU) shows how the library's BN-ReLU compares with Keras' own.
   python bench/norm_act_overhead.py --models=mg_resnet50,efficientnet_b0 \
       --layers=bn_relu,evonorm_b0,evonorm_s0
   python bench/norm_act_overhead.py --jit_compile=true    # XLA (GPU/TPU)
+  python bench/norm_act_overhead.py --policy=mixed_bfloat16  # mixed precision
+
+With ``--policy=mixed_bfloat16`` (or ``mixed_float16``) every model runs under
+that Keras mixed-precision policy and the ratios compare with ``bn_relu``
+under the same policy. (On a CPU without native bfloat16 the times are not
+representative; the memory is.)
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ _JIT = flags.DEFINE_enum(
     "jit_compile", "auto", ["auto", "true", "false"],
     "XLA: auto = on with a GPU/TPU, off on CPU (where XLA makes convolutions "
     "several times slower than TensorFlow's graph mode).")
+_POLICY = flags.DEFINE_enum(
+    "policy", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Keras mixed-precision policy of every model.")
 _JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
 
 
@@ -105,7 +114,8 @@ def _build_step(model_name, layer_name, jit_compile):
           use_sync_bn=False, allow_group_fallback=True))
   last = max(backbone.output, key=int)
   features = tf_keras.layers.GlobalAveragePooling2D()(backbone.output[last])
-  model = tf_keras.Model(backbone.input, tf_keras.layers.Dense(1000)(features))
+  logits = tf_keras.layers.Dense(1000, dtype="float32")(features)
+  model = tf_keras.Model(backbone.input, logits)
   optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -180,6 +190,7 @@ def main(argv):
                          f"{sorted(MODELS)}.")
   names = _LAYERS.value or (evonorm_layers.available_norm_activations())
   names = [BASELINE] + [n for n in names if n != BASELINE]
+  tf_keras.mixed_precision.set_global_policy(_POLICY.value)
   has_accelerator = bool(tf.config.list_logical_devices("GPU") or
                          tf.config.list_logical_devices("TPU"))
   jit = {"auto": has_accelerator, "true": True, "false": False}[_JIT.value]
@@ -193,7 +204,7 @@ def main(argv):
     rows += _measure(model_name, names, jit, device, data)
 
   where = (f"{tf.config.list_logical_devices()[-1].device_type}, "
-           f"{'XLA' if jit else 'graph mode'}")
+           f"{'XLA' if jit else 'graph mode'}, policy {_POLICY.value}")
   print(f"\nBatch {_BATCH.value} at {_IMAGE.value}x{_IMAGE.value}, {where}, "
         f"TF {tf.__version__}; median of {_ROUNDS.value * _STEPS.value} "
         f"steps; ratios to {BASELINE} on the same backbone in this run.\n")

@@ -2,13 +2,22 @@
 
 Every layer has the same constructor shape, so any one can replace any other:
 
-    Layer(axis=-1, epsilon=1e-5, nonlinearity=True, **keras_layer_kwargs)
+    Layer(axis=-1, epsilon=1e-5, nonlinearity=True, center=True, scale=True,
+          gamma_initializer="ones", beta_initializer="zeros",
+          **keras_layer_kwargs)
 
 plus ``groups`` for grouped layers and ``momentum, synchronized`` for
-batch-dependent ones. ``__init__`` only validates and stores; ``build`` creates
-the float32 per-channel variables; ``call`` casts the input to float32,
-computes the layer in float32 and casts the result back to the layer's compute
-dtype (so ``mixed_float16`` / ``mixed_bfloat16`` statistics never overflow).
+batch-dependent ones, and the same call:
+``layer(x, training=None, gamma=None, beta=None)`` (``gamma``/``beta``: the
+conditional affine, see :mod:`evonorm_layers.affine`).
+
+``__init__`` only validates and stores; ``build`` creates the float32
+per-channel variables. Statistics are always computed in float32 (so
+``mixed_float16`` / ``mixed_bfloat16`` squares never overflow). The input
+stays in its dtype: under mixed precision the tensors kept for backprop are
+in the compute dtype, and elementwise parts run either recomputed in float32
+(EvoNorm-B/S, SiLU) or as ``x * scale + shift`` in the compute dtype with
+float32 per-channel factors (BN, GN, LN, FRN, PixelNorm, RS+rej).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Callable, Mapping
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import affine as affine_lib
 from evonorm_layers import layout as layout_lib
 from evonorm_layers import statistics as stats_lib
 
@@ -27,9 +37,10 @@ _MOVING_VARIABLE_PREFIX = "moving_"
 class NormActivation(tf_keras.layers.Layer):
   """A normalization-activation layer ending with a per-channel affine.
 
-  Subclasses implement :meth:`normalize_activate` on a float32 input and may
-  override :meth:`create_variables` to add per-channel variables besides
-  ``gamma`` (ones) and ``beta`` (zeros).
+  Subclasses implement :meth:`normalize_activate`, which receives the input
+  (float16, bfloat16 or float32) and the :class:`~evonorm_layers.affine.Affine`
+  to apply, and may override :meth:`create_variables` to add per-channel
+  variables besides ``gamma`` and ``beta``.
 
   Args:
     axis: the channel axis: ``-1`` for channels-last, ``1`` for
@@ -41,15 +52,31 @@ class NormActivation(tf_keras.layers.Layer):
       of a network that have a norm without an activation (last norm of a
       residual branch, projection shortcuts, MBConv projections, FPN outputs).
       Each layer documents what remains of its formula.
+    center: create the shift variable ``beta``. False for a conditional layer
+      whose ``beta`` comes with each call (or for no shift at all).
+    scale: create the scale variable ``gamma``; False as ``center``.
+    gamma_initializer, beta_initializer: initializers of ``gamma`` (default
+      ones; ``"zeros"`` makes the layer output ``beta`` at first, which is how
+      the authors' ResNets start the last norm of every residual branch)
+      and ``beta`` (default zeros).
     **kwargs: base ``tf_keras.layers.Layer`` arguments (``name``, ``dtype``,
       ``trainable``).
+
+  Call arguments:
+    inputs: a floating-point tensor of rank 2 to 5.
+    training: batch statistics (True) or moving ones (False) for
+      batch-dependent layers; ignored by the others.
+    gamma, beta: the conditional affine: ``[N, C]`` or ``[C]`` tensors used
+      instead of the layer's own ``gamma`` / ``beta`` for this call.
   """
 
   #: True for layers whose output depends on other samples of the batch.
   batch_dependent = False
 
   def __init__(self, axis: int = -1, epsilon: float = 1e-5,
-               nonlinearity: bool = True, **kwargs):
+               nonlinearity: bool = True, center: bool = True,
+               scale: bool = True, gamma_initializer="ones",
+               beta_initializer="zeros", **kwargs):
     super().__init__(**kwargs)
     self.axis = layout_lib.validate_axis(axis, layer_name=self._label)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
@@ -61,7 +88,12 @@ class NormActivation(tf_keras.layers.Layer):
                        f"Received: epsilon={epsilon}.")
     self.epsilon = float(epsilon)
     self.nonlinearity = bool(nonlinearity)
+    self.center = bool(center)
+    self.scale = bool(scale)
+    self.gamma_initializer = tf_keras.initializers.get(gamma_initializer)
+    self.beta_initializer = tf_keras.initializers.get(beta_initializer)
     self.layout: layout_lib.TensorLayout | None = None
+    self.gamma = self.beta = None
 
   @property
   def _label(self) -> str:
@@ -81,15 +113,17 @@ class NormActivation(tf_keras.layers.Layer):
     self.input_spec = tf_keras.layers.InputSpec(
         ndim=self.layout.rank,
         axes={self.layout.channel_axis: self.layout.channels})
-    self.gamma = self.add_channel_weight("gamma", "ones")
-    self.beta = self.add_channel_weight("beta", "zeros")
+    if self.scale:
+      self.gamma = self.add_channel_weight("gamma", self.gamma_initializer)
+    if self.center:
+      self.beta = self.add_channel_weight("beta", self.beta_initializer)
     self.create_variables()
     super().build(input_shape)
 
   def create_variables(self):
     """Creates layer-specific variables (``v1``, ``tau``, moving stats)."""
 
-  def add_channel_weight(self, name: str, initializer: str, *,
+  def add_channel_weight(self, name: str, initializer, *,
                          trainable: bool = True, moving: bool = False):
     """A float32 ``[C]`` variable that is never autocast to float16."""
     extra = {}
@@ -107,19 +141,37 @@ class NormActivation(tf_keras.layers.Layer):
 
   # -- calling ----------------------------------------------------------------
 
-  def call(self, inputs, training=None):
+  def call(self, inputs, training=None, gamma=None, beta=None):
     x = tf.convert_to_tensor(inputs)
     if not x.dtype.is_floating:
       raise TypeError(f"{self._label} expects floating-point inputs. "
                       f"Received dtype {x.dtype.name}.")
-    if x.dtype != tf.float32:
+    if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
       x = tf.cast(x, tf.float32)
-    y = self.normalize_activate(x, self._resolve_training(training))
+    affine = self.call_affine(gamma, beta, x)
+    y = self.normalize_activate(x, self._resolve_training(training), affine)
     return tf.cast(y, self.compute_dtype) if y.dtype != self.compute_dtype else y
 
-  def normalize_activate(self, x: tf.Tensor, training) -> tf.Tensor:
-    """The layer's formula on a float32 input, affine included."""
+  def normalize_activate(self, x: tf.Tensor, training,
+                         affine: affine_lib.Affine) -> tf.Tensor:
+    """The layer's formula, ending with (or folding in) ``affine``."""
     raise NotImplementedError
+
+  def call_affine(self, gamma, beta, x) -> affine_lib.Affine:
+    """The affine of this call: the given tensors, else the variables."""
+    batch = x.shape[0]
+    conditional = gamma is not None or beta is not None
+    if gamma is not None:
+      gamma = affine_lib.conditional_parameter(gamma, "gamma", self.layout,
+                                               batch, self._label)
+    elif self.gamma is not None:
+      gamma = self.channel_param(self.gamma)
+    if beta is not None:
+      beta = affine_lib.conditional_parameter(beta, "beta", self.layout,
+                                              batch, self._label)
+    elif self.beta is not None:
+      beta = self.channel_param(self.beta)
+    return affine_lib.Affine(gamma, beta, conditional)
 
   def _resolve_training(self, training):
     if training is None:
@@ -131,17 +183,24 @@ class NormActivation(tf_keras.layers.Layer):
       training = False
     return training
 
-  def affine(self, y: tf.Tensor) -> tf.Tensor:
-    return y * self.channel_param(self.gamma) + self.channel_param(self.beta)
-
   def compute_output_shape(self, input_shape):
     return tf.TensorShape(input_shape)
 
   def get_config(self):
     config = super().get_config()
-    config.update(axis=self.axis, epsilon=self.epsilon,
-                  nonlinearity=self.nonlinearity)
+    config.update(
+        axis=self.axis, epsilon=self.epsilon, nonlinearity=self.nonlinearity,
+        center=self.center, scale=self.scale,
+        gamma_initializer=tf_keras.initializers.serialize(
+            self.gamma_initializer),
+        beta_initializer=tf_keras.initializers.serialize(
+            self.beta_initializer))
     return config
+
+  @property
+  def uses_groups(self) -> bool:
+    """Whether ``groups`` enters the layer's statistics."""
+    return False
 
 
 class GroupedNormActivation(NormActivation):
@@ -159,6 +218,10 @@ class GroupedNormActivation(NormActivation):
                      **kwargs)
     self.groups = layout_lib.validate_groups(groups, layer_name=self._label)
     self.resolved_groups: int | None = None
+
+  @property
+  def uses_groups(self) -> bool:
+    return True
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -217,16 +280,18 @@ class BatchDependentNormActivation(NormActivation):
         for name in self.moving_statistics
     }
 
-  def batch_or_moving(self, training,
-                      batch_statistics: Callable[[], Mapping[str, tf.Tensor]],
+  def batch_or_moving(self, training, batch_statistics: Callable[
+      [], tuple[Mapping[str, tf.Tensor], tf.Tensor]],
                       names: tuple[str, ...] | None = None):
     """Returns the statistics to normalize with, updating the moving ones.
 
     Args:
       training: Python bool or boolean tensor.
-      batch_statistics: computes the batch statistics (keepdims tensors
-        broadcastable to the input), keyed by moving-statistic name; only
-        called in training.
+      batch_statistics: computes ``(statistics, count)``: the batch
+        statistics (keepdims float32 tensors broadcastable to the input),
+        keyed by moving-statistic name, and the number of samples they were
+        computed from (over all replicas when synchronized); only called in
+        training.
       names: the statistics it returns (default: every moving statistic).
 
     Returns:
@@ -235,8 +300,8 @@ class BatchDependentNormActivation(NormActivation):
     names = tuple(names or self.moving)
 
     def from_batch():
-      stats = batch_statistics()
-      self.update_moving(stats)
+      stats, count = batch_statistics()
+      self.update_moving(stats, count)
       return {name: stats[name] for name in names}
 
     def from_moving():
@@ -249,16 +314,24 @@ class BatchDependentNormActivation(NormActivation):
     return tf.__internal__.smart_cond.smart_cond(training, from_batch,
                                                  from_moving)
 
-  def update_moving(self, stats: Mapping[str, tf.Tensor]):
-    """``moving = momentum * moving + (1 - momentum) * batch``, no gradient."""
+  def update_moving(self, stats: Mapping[str, tf.Tensor], count: tf.Tensor):
+    """``moving = momentum * moving + (1 - momentum) * batch``, no gradient.
+
+    A batch of ``count == 0`` samples (an empty replica at the end of an
+    uneven dataset) leaves the moving statistics as they are: its
+    statistics are undefined (0/0).
+    """
+    has_samples = tf.greater(count, 0)
     for name, value in stats.items():
       variable = self.moving[name]
       batch_value = tf.stop_gradient(tf.reshape(value, [-1]))
-      variable.assign_sub((variable - batch_value) * (1.0 - self.momentum))
+      step = tf.where(has_samples, variable - batch_value,
+                      tf.zeros_like(variable))
+      variable.assign_sub(step * (1.0 - self.momentum))
 
-  def batch_moments(self, x: tf.Tensor):
-    """Per-channel batch mean and variance of ``x`` (over all replicas with
-    ``synchronized=True``)."""
+  def batch_moments(self, x: tf.Tensor) -> stats_lib.BatchMoments:
+    """Per-channel batch mean, variance and sample count of ``x`` (over all
+    replicas with ``synchronized=True``)."""
     return stats_lib.batch_moments(
         *stats_lib.instance_moments(x, self.layout),
         synchronized=self.synchronized)

@@ -17,6 +17,16 @@ it (inside the activation for BN-ReLU, GN-ReLU, FRN, ...):
 ``nonlinearity=False`` drops the activation (ReLU, SiLU, TLU) and keeps the
 normalization and affine: plain BatchNorm, GroupNorm, FRN, LayerNorm,
 PixelNorm, and ``x / sqrt(mu_bwh(x^2))`` for RS+rej.
+
+The affine, conditional or not (see :mod:`evonorm_layers.affine`), enters
+where the formulas above put ``gamma`` and ``beta``: before the activation
+for BN/GN/LN/FRN/PixelNorm (folded into the normalization's per-channel or
+per-sample scale and shift), after it for RS+rej.
+
+Under mixed precision the statistics are float32; ``x * scale + shift``
+(with TLU's threshold) runs in float32 arithmetic and keeps only its input,
+in the compute dtype, for backprop; ReLU runs in the compute dtype (nothing
+to overflow); the SiLU is recomputed in float32 in the backward pass.
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
+from evonorm_layers import recompute
 from evonorm_layers import statistics as stats_lib
 from evonorm_layers.registry import register_norm_activation
 
@@ -38,10 +50,11 @@ class _Standardize:
   ``activate(z)``; with ``nonlinearity=False`` the activation is dropped.
   """
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     mean, var = self.statistics(x, training)
-    scale = tf.math.rsqrt(var + self.epsilon) * self.channel_param(self.gamma)
-    z = x * scale + (self.channel_param(self.beta) - mean * scale)
+    inverse_std = tf.math.rsqrt(var + self.epsilon)
+    z = affine_lib.scale_shift(x, *affine.fold(inverse_std,
+                                               -mean * inverse_std))
     return self.activate(z) if self.nonlinearity else z
 
 
@@ -62,8 +75,8 @@ class _SiLU:
   def activate(self, z):
     # Recomputed in the backward pass, as for the EvoNorms, so that the
     # comparison of memory is like for like.
-    return tf.recompute_grad(lambda z, v1: z * tf.sigmoid(v1 * z))(
-        z, self.channel_param(self.v1))
+    return recompute.elementwise(lambda z, v1: z * tf.sigmoid(v1 * z), z,
+                                 self.channel_param(self.v1))
 
 
 class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
@@ -79,24 +92,38 @@ class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
   moving_statistics = ("mean", "variance")
   moving_initializers = {"mean": "zeros", "variance": "ones"}
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     if self.cross_replica():
-      return super().normalize_activate(x, training)
+      return super().normalize_activate(x, training, affine)
     layout = self.layout
     if layout.channels_first:
       view, data_format = [tf.shape(x)[0], layout.channels, -1, 1], "NCHW"
     else:
       view, data_format = [tf.shape(x)[0], -1, 1, layout.channels], "NHWC"
     x4 = tf.reshape(x, view)
-    gamma, beta = self.gamma, self.beta
+    # The kernel takes one per-channel scale and offset: the layer's own
+    # affine goes in; a conditional (per-sample) one is applied after it.
+    ones = tf.ones((layout.channels,), tf.float32)
+    if affine.conditional:
+      gamma, beta, after = ones, tf.zeros_like(ones), affine
+    else:
+      gamma = ones if affine.gamma is None else tf.reshape(affine.gamma, [-1])
+      beta = (tf.zeros_like(ones) if affine.beta is None else
+              tf.reshape(affine.beta, [-1]))
+      after = affine_lib.Affine(None, None)
 
     def train():
       y, mean, unbiased_var = tf.compat.v1.nn.fused_batch_norm(
           x4, gamma, beta, epsilon=self.epsilon, data_format=data_format,
           is_training=True)
-      count = tf.cast(tf.size(x4) // layout.channels, tf.float32)
+      count = tf.cast(stats_lib.element_count(
+          tf.shape(x4, out_type=tf.int64), (0, 2, 3) if layout.channels_first
+          else (0, 1, 2)), tf.float32)
+      # Bessel-corrected -> population variance (0/0 for an empty batch,
+      # which update_moving skips).
       self.update_moving({"mean": mean,
-                          "variance": unbiased_var * ((count - 1.0) / count)})
+                          "variance": unbiased_var * ((count - 1.0) / count)},
+                         count)
       return y
 
     def infer():
@@ -109,15 +136,16 @@ class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
       z = train() if training else infer()
     else:
       z = tf.__internal__.smart_cond.smart_cond(training, train, infer)
-    z = tf.reshape(z, tf.shape(x))
+    z = after.apply(tf.reshape(z, tf.shape(x)))
     return self.activate(z) if self.nonlinearity else z
 
   def statistics(self, x, training):
     """Cross-replica path: batch moments aggregated over all replicas."""
 
     def batch_statistics():
-      mean, var = self.batch_moments(x)
-      return {"mean": mean, "variance": var}
+      moments = self.batch_moments(x)
+      return {"mean": moments.mean, "variance": moments.variance}, \
+          moments.count
 
     batch = self.batch_or_moving(training, batch_statistics)
     return batch["mean"], batch["variance"]
@@ -189,13 +217,15 @@ class FilterResponseNormTLU(base.NormActivation):
     if self.nonlinearity:  # tau is the TLU's threshold
       self.tau = self.add_channel_weight("tau", "zeros")
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     del training
     mean, var = stats_lib.instance_moments(x, self.layout)
-    scale = self.channel_param(self.gamma) * tf.math.rsqrt(
-        tf.square(mean) + var + self.epsilon)
-    z = x * scale + self.channel_param(self.beta)
-    return tf.maximum(z, self.channel_param(self.tau)) if self.nonlinearity else z
+    z = affine_lib.scale_shift(x, *affine.fold(
+        tf.math.rsqrt(tf.square(mean) + var + self.epsilon)))
+    if not self.nonlinearity:
+      return z
+    return recompute.float32_elementwise(tf.maximum, z,
+                                         self.channel_param(self.tau))
 
 
 @_serializable
@@ -207,11 +237,13 @@ class PixelNormReLU(base.NormActivation):
   location is normalized on its own).
   """
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     del training
-    mean_square = tf.reduce_mean(tf.square(x), axis=self.layout.channel_axis,
-                                 keepdims=True)
-    z = self.affine(x * tf.math.rsqrt(mean_square + self.epsilon))
+    # From the moments over the channels, whose gradient keeps only x.
+    mean, var = stats_lib.moments(x, (self.layout.channel_axis,))
+    mean_square = tf.square(mean) + var
+    z = affine.apply(affine_lib.scale_shift(
+        x, tf.math.rsqrt(mean_square + self.epsilon), None))
     return tf.nn.relu(z) if self.nonlinearity else z
 
 
@@ -227,13 +259,13 @@ class RandomSearchRejectionLayer(base.BatchDependentNormActivation):
 
   moving_statistics = ("second_moment",)
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     def batch_second_moment():
-      mean, var = self.batch_moments(x)
-      return {"second_moment": tf.square(mean) + var}
+      moments = self.batch_moments(x)
+      return ({"second_moment": tf.square(moments.mean) + moments.variance},
+              moments.count)
 
     batch = self.batch_or_moving(training, batch_second_moment)
     numerator = tf.nn.relu(x) if self.nonlinearity else x
-    scale = self.channel_param(self.gamma) * tf.math.rsqrt(
-        batch["second_moment"] + self.epsilon)
-    return numerator * scale + self.channel_param(self.beta)
+    return affine_lib.scale_shift(numerator, *affine.fold(
+        tf.math.rsqrt(batch["second_moment"] + self.epsilon)))

@@ -26,6 +26,10 @@ root mean square), as timm's "S0a" does. The authors' reference code instead
 returns only ``x * gamma + beta`` there (no normalization at all), which leaves
 projection shortcuts and the last norm of residual branches unnormalized; we
 normalize so that swapping a norm for its EvoNorm keeps every site normalized.
+
+The affine, conditional or not (see :mod:`evonorm_layers.affine`), is applied
+to the whole expression, after the max of the B series and after the
+division of the S series.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
+from evonorm_layers import recompute
 from evonorm_layers import statistics as stats_lib
 from evonorm_layers.registry import register_norm_activation
 
@@ -43,36 +49,35 @@ _serializable = tf_keras.saving.register_keras_serializable(package="EvoNorm")
 class _EvoNormB(base.BatchDependentNormActivation):
   """Shared part of the B series: batch std vs. an instance-dependent term.
 
-  The elementwise part ``x / max(batch_std, instance_term) * gamma + beta`` is
-  recomputed in the backward pass (``tf.recompute_grad``) instead of keeping
-  its intermediates: only the input and per-(sample, channel) statistics are
-  stored, as for BatchNorm.
+  The elementwise part ``x / max(batch_std, instance_term) * gamma + beta``
+  is recomputed in the backward pass (:mod:`evonorm_layers.recompute`)
+  instead of keeping its intermediates: only the input and per-(sample,
+  channel) statistics are stored, as for BatchNorm. The affine (conditional
+  or not) comes after the max, as in the paper's formula.
   """
 
   moving_statistics = ("variance",)
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     layout = self.layout
     if not self.nonlinearity:
-      batch = self.batch_or_moving(training, lambda: self._batch_variance(
-          *stats_lib.instance_moments(x, layout)))
+      variance = self.batch_or_moving(training, lambda: self._batch_variance(
+          *stats_lib.instance_moments(x, layout)))["variance"]
       # gamma folded into the per-channel scale: only x is kept for backprop.
-      scale = self.channel_param(self.gamma) * tf.math.rsqrt(
-          batch["variance"] + self.epsilon)
-      return x * scale + self.channel_param(self.beta)
+      return affine_lib.scale_shift(
+          x, *affine.fold(tf.math.rsqrt(variance + self.epsilon)))
     mean, var = stats_lib.instance_moments(x, layout)
-    batch = self.batch_or_moving(training,
-                                 lambda: self._batch_variance(mean, var))
-    batch_std = tf.sqrt(batch["variance"] + self.epsilon)
+    variance = self.batch_or_moving(
+        training, lambda: self._batch_variance(mean, var))["variance"]
+    batch_std = tf.sqrt(variance + self.epsilon)
 
     def elementwise(x, batch_std, mean, var, gamma, beta, *extra):
       denominator = tf.maximum(batch_std,
                                self.instance_term(x, mean, var, *extra))
-      return x / denominator * gamma + beta
+      return affine_lib.Affine(gamma, beta).apply(x / denominator)
 
-    return tf.recompute_grad(elementwise)(
-        x, batch_std, mean, var, self.channel_param(self.gamma),
-        self.channel_param(self.beta),
+    return recompute.elementwise(
+        elementwise, x, batch_std, mean, var, *affine.tensors(),
         *[self.channel_param(v) for v in self.extra_params()])
 
   def extra_params(self):
@@ -80,9 +85,9 @@ class _EvoNormB(base.BatchDependentNormActivation):
     return ()
 
   def _batch_variance(self, mean, var):
-    _, batch_var = stats_lib.batch_moments(mean, var,
-                                           synchronized=self.synchronized)
-    return {"variance": batch_var}
+    moments = stats_lib.batch_moments(mean, var,
+                                      synchronized=self.synchronized)
+    return {"variance": moments.variance}, moments.count
 
   def instance_term(self, x, mean, var, *extra):
     """The second argument of the max, from the instance moments of x."""
@@ -140,27 +145,31 @@ class EvoNormB2(_EvoNormB):
 
 
 class _EvoNormS(base.GroupedNormActivation):
-  """Shared part of the S series: ``numerator(x) / group statistic``."""
+  """Shared part of the S series: ``numerator(x) / group statistic``.
+
+  The group statistic and the affine (conditional or not) fold into one
+  per-(sample, channel) scale; the numerator is recomputed in the backward
+  pass, so only ``x`` and small tensors are kept.
+  """
 
   centered = True  # divide by the group std (S0, S1) or the group RMS (S2)
 
-  def normalize_activate(self, x, training):
+  def normalize_activate(self, x, training, affine):
     del training  # batch-independent
     mean, var = stats_lib.instance_moments(x, self.layout)
     group_mean, group_var = stats_lib.group_moments(
         mean, var, self.layout, self.resolved_groups)
     denominator = group_var if self.centered else group_var + tf.square(
         group_mean)
-    scale = tf.math.rsqrt(denominator + self.epsilon) * self.channel_param(
-        self.gamma)
-    beta = self.channel_param(self.beta)
+    scale, shift = affine.fold(tf.math.rsqrt(denominator + self.epsilon))
     if not self.nonlinearity:
-      return x * scale + beta
+      return affine_lib.scale_shift(x, scale, shift)
+    if shift is None:
+      shift = tf.zeros((), tf.float32)
     extra = [self.channel_param(v) for v in self.extra_params()]
-    # Recomputed in the backward pass: only x and small tensors are kept.
-    return tf.recompute_grad(
-        lambda x, scale, beta, *extra: self.activation(x, *extra) * scale +
-        beta)(x, scale, beta, *extra)
+    return recompute.elementwise(
+        lambda x, scale, shift, *extra: self.activation(x, *extra) * scale +
+        shift, x, scale, shift, *extra)
 
   def extra_params(self):
     """Variables used by ``activation``."""

@@ -101,13 +101,15 @@ def resolve_groups(groups: int, channels: int, *, layer_name: str) -> int:
 
   As in the authors' reference code, when ``channels`` is not divisible by
   ``groups`` the count is decremented until it divides ``channels`` (so it
-  never exceeds ``channels``). Channels are grouped contiguously.
+  never exceeds ``channels``). Channels are grouped contiguously. Logged
+  at debug level per layer; networks report their fallbacks in one line
+  (``evonorm_vision.norm_activation.check_groups_fit``).
   """
   resolved = min(groups, channels)
   while channels % resolved:
     resolved -= 1
   if resolved != groups:
-    logging.info(
+    logging.debug(
         "%s: %d channels are not divisible by groups=%d; using %d groups.",
         layer_name, channels, groups, resolved)
   return resolved

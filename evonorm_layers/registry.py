@@ -109,11 +109,22 @@ def get_norm_activation_factory(name: str) -> LayerFactory:
 
 
 def accepted_arguments(name: str) -> frozenset[str]:
-  """Constructor arguments the layer ``name`` takes, besides Keras' own."""
+  """Constructor arguments the layer ``name`` takes, besides Keras' own.
+
+  For a layer class, the arguments of every ``__init__`` in its hierarchy
+  below ``tf_keras.layers.Layer`` (base classes take ``center``, ``scale``,
+  ... through ``**kwargs``).
+  """
   factory = get_norm_activation_factory(name)
-  target = factory.__init__ if inspect.isclass(factory) else factory
-  params = inspect.signature(target).parameters.values()
-  return frozenset(p.name for p in params
+  if inspect.isclass(factory):
+    targets = [c.__init__ for c in factory.__mro__
+               if "__init__" in vars(c) and issubclass(c, tf_keras.layers.Layer)
+               and c is not tf_keras.layers.Layer
+               and c.__module__.split(".")[0] != "tf_keras"]
+  else:
+    targets = [factory]
+  return frozenset(p.name for target in targets
+                   for p in inspect.signature(target).parameters.values()
                    if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD,
                                                       p.KEYWORD_ONLY))
 
@@ -171,8 +182,11 @@ class NormActivationFactory:
   ``groups`` applies only to grouped layers (GN, EvoNorm-S) and ``momentum``
   and ``synchronized`` only to batch-dependent ones (BN, EvoNorm-B, RS+rej):
   they are settings of the whole network, handed to the layers that take
-  them. The layer type is checked when the factory is made, so a bad name
-  fails before any model is built.
+  them. With ``zero_init_residual``, the sites a network marks as the last
+  norm of a residual branch start with ``gamma = 0``, so that every residual
+  block starts as the identity (``init_zero`` in the authors' ResNets). The
+  layer type is checked when the factory is made, so a bad name fails before
+  any model is built.
   """
 
   type: str = "bn_relu"
@@ -181,18 +195,33 @@ class NormActivationFactory:
   momentum: float = 0.9
   synchronized: bool = False
   axis: int = -1
+  zero_init_residual: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "type", resolve_name(self.type))
     validate_groups(self.groups, layer_name=f"norm activation {self.type!r}")
 
-  def __call__(self, nonlinearity: bool = True,
-               name: str | None = None) -> tf_keras.layers.Layer:
+  def __call__(self, nonlinearity: bool = True, name: str | None = None, *,
+               residual_branch_end: bool = False,
+               **layer_kwargs) -> tf_keras.layers.Layer:
+    """A new layer for one norm site.
+
+    Args:
+      nonlinearity: False at sites without an activation after the norm.
+      name: the Keras layer name.
+      residual_branch_end: the site is the last norm of a residual branch
+        (zero-initialised gamma with ``zero_init_residual``).
+      **layer_kwargs: further constructor arguments for this site (e.g.
+        ``center=False, scale=False`` for a conditional norm).
+    """
     accepted = accepted_arguments(self.type)
     settings = {"groups": self.groups, "epsilon": self.epsilon,
                 "momentum": self.momentum, "synchronized": self.synchronized,
                 "axis": self.axis, "nonlinearity": nonlinearity}
     kwargs = {k: v for k, v in settings.items() if k in accepted}
+    if residual_branch_end and self.zero_init_residual:
+      kwargs["gamma_initializer"] = "zeros"
+    kwargs.update(layer_kwargs)
     if name is not None:
       kwargs["name"] = name
     return get_norm_activation(self.type, **kwargs)

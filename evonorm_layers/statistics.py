@@ -9,43 +9,81 @@ elements:
 
     var(union) = mean(var_i) + mean((mean_i - mean(mean_i))**2)
 
-All variances are population (biased) variances, as in the paper.
+All variances are population (biased) variances, as in the paper. Every
+statistic is float32 whatever the input's dtype (float16 squares overflow
+above 256), and element counts are int64 before they become floats, so
+tensors of more than 2**31 elements are counted correctly.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
+from evonorm_layers import recompute
 from evonorm_layers.layout import TensorLayout
+
+
+class BatchMoments(NamedTuple):
+  """Per-channel batch statistics, ``[1] + param_shape`` each, and the number
+  of samples (float32 scalar) they were computed from."""
+  mean: tf.Tensor
+  variance: tf.Tensor
+  count: tf.Tensor
+
+
+def element_count(shape: tf.Tensor, axes: tuple[int, ...]) -> tf.Tensor:
+  """The number of elements over ``axes`` of a tensor of ``shape``, as int64.
+
+  ``tf.size`` and ``tf.shape`` count in int32 by default, which wraps around
+  for tensors of 2**31 elements or more.
+  """
+  shape = tf.cast(shape, tf.int64)
+  return tf.reduce_prod(tf.gather(shape, list(axes)))
 
 
 def instance_moments(x: tf.Tensor, layout: TensorLayout):
   """Mean and variance of ``x`` over the instance axes, per sample and channel.
 
-  Returns two tensors of shape ``layout.stat_shape`` (keepdims). For rank-2
-  inputs there are no instance axes: the mean is ``x`` and the variance 0.
+  Returns two float32 tensors of shape ``layout.stat_shape`` (keepdims). For
+  rank-2 inputs there are no instance axes: the mean is ``x`` and the
+  variance 0.
   """
   if not layout.instance_axes:
+    x = tf.cast(x, tf.float32)
     return x, tf.zeros_like(x)
   return moments(x, layout.instance_axes)
 
 
 def moments(x: tf.Tensor, axes: tuple[int, ...]):
-  """``tf.nn.moments(x, axes, keepdims=True)`` with a two-op gradient.
+  """Float32 ``tf.nn.moments(x, axes, keepdims=True)`` with a two-op gradient.
 
   The gradient ``dx = dmean / n + 2 dvar (x - mean) / n`` is computed as
   ``x * c1 + c0`` with small per-statistic ``c1, c0``: two passes over the
-  activation instead of autodiff's five, and only ``x`` is kept for it.
+  activation instead of autodiff's five, and only ``x`` (in its own dtype)
+  is kept for it. The gradient is itself differentiable and equals plain
+  autodiff of the two-pass formula at second order (unlike
+  ``tf.nn.moments``, which stops the gradient of the mean inside the
+  variance).
   """
 
   @tf.custom_gradient
   def _moments(x):
-    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
+    mean, var = tf.nn.moments(tf.cast(x, tf.float32), axes=axes,
+                              keepdims=True)
 
     def grad(dmean, dvar):
-      count = tf.cast(tf.size(x) // tf.size(mean), x.dtype)
+      count = tf.cast(element_count(tf.shape(x, out_type=tf.int64), axes),
+                      tf.float32)
       c1 = (2.0 / count) * dvar
-      return x * c1 + (dmean / count - c1 * mean)
+      c0 = dmean / count - c1 * mean
+      if x.dtype == tf.float32:
+        return x * c1 + c0
+      # A fresh float32 copy, not the forward pass's (which would then be
+      # kept alive until here).
+      (x_again,) = recompute.after(dvar, [x])
+      return tf.cast(tf.cast(x_again, tf.float32) * c1 + c0, x.dtype)
 
     return (mean, var), grad
 
@@ -81,7 +119,8 @@ def group_moments(mean: tf.Tensor, var: tf.Tensor, layout: TensorLayout,
   return per_channel(group_mean), per_channel(group_var)
 
 
-def batch_moments(mean: tf.Tensor, var: tf.Tensor, *, synchronized: bool):
+def batch_moments(mean: tf.Tensor, var: tf.Tensor, *,
+                  synchronized: bool) -> BatchMoments:
   """Per-channel mean and variance over the batch and instance axes.
 
   Args:
@@ -97,21 +136,31 @@ def batch_moments(mean: tf.Tensor, var: tf.Tensor, *, synchronized: bool):
       Outside a replica context, or with one replica, statistics are local.
 
   Returns:
-    Mean and variance with shape ``[1] + param_shape`` (keepdims).
+    ``BatchMoments``: mean and variance with shape ``[1] + param_shape``
+    (keepdims), and the number of samples (over all replicas when
+    aggregated). A batch without samples (an empty replica at the end of an
+    uneven dataset) has mean and variance 0 instead of 0/0, so that nothing
+    computed from them is NaN (its outputs are empty anyway); callers must
+    not fold them into moving statistics.
   """
   batch_mean = tf.reduce_mean(mean, axis=0, keepdims=True)
   batch_var = (tf.reduce_mean(var, axis=0, keepdims=True) +
                tf.reduce_mean(tf.math.squared_difference(mean, batch_mean),
                               axis=0, keepdims=True))
+  count = tf.cast(tf.shape(mean, out_type=tf.int64)[0], tf.float32)
   ctx = tf.distribute.get_replica_context()
-  if not synchronized or ctx is None or ctx.num_replicas_in_sync == 1:
-    return batch_mean, batch_var
-  count = tf.cast(tf.shape(mean)[0], tf.float32)
-  return _cross_replica_moments(batch_mean, batch_var, count, ctx)
+  if synchronized and ctx is not None and ctx.num_replicas_in_sync > 1:
+    batch_mean, batch_var, count = _cross_replica_moments(
+        batch_mean, batch_var, count, ctx)
+  has_samples = tf.greater(count, 0)
+  return BatchMoments(
+      tf.where(has_samples, batch_mean, tf.zeros_like(batch_mean)),
+      tf.where(has_samples, batch_var, tf.zeros_like(batch_var)), count)
 
 
 def _cross_replica_moments(local_mean, local_var, count, ctx):
-  """Global moments from each replica's exact local ones, one all-reduce."""
+  """Global moments and sample count from each replica's exact local
+  moments, with one all-reduce."""
   flat_mean = tf.reshape(local_mean, [-1])
   channels = tf.shape(flat_mean)[0]
   sums = tf.concat([
@@ -125,7 +174,7 @@ def _cross_replica_moments(local_mean, local_var, count, ctx):
   global_mean = total[1:1 + channels] / n
   global_var = tf.nn.relu(total[1 + channels:] / n - tf.square(global_mean))
   shape = tf.shape(local_mean)
-  return tf.reshape(global_mean, shape), tf.reshape(global_var, shape)
+  return tf.reshape(global_mean, shape), tf.reshape(global_var, shape), n
 
 
 def signed_sqrt(x: tf.Tensor, epsilon: float) -> tf.Tensor:

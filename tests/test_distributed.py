@@ -147,3 +147,64 @@ def test_synchronized_uses_one_collective_per_call():
                  if op.type.startswith("Collective")]
   # One all-reduce per replica and layer call (tf_keras sync BN uses three).
   assert len(collectives) == NUM_LOGICAL_CPUS, [op.type for op in collectives]
+
+
+@pytest.mark.parametrize("synchronized", [False, True])
+@pytest.mark.parametrize("name", layer_helpers.BATCH_DEPENDENT)
+def test_empty_replica_batch_keeps_moving_statistics_finite(name,
+                                                            synchronized):
+  """The last batch of an uneven dataset can leave a replica with no
+  samples: its statistics are 0/0 and must not reach the moving ones."""
+  strategy = _strategy()
+  rng = np.random.default_rng(3)
+  with strategy.scope():
+    layer = evonorm_layers.get_norm_activation(name, synchronized=synchronized)
+    layer.build((None,) + SHAPE)
+  layer_helpers.randomize_variables(layer, rng)
+  before = {k: v.numpy() for k, v in layer.moving.items()}
+  # What one device computes on the replicas' data.
+  reference = evonorm_layers.get_norm_activation(name)
+  reference.build((None,) + SHAPE)
+  reference.set_weights(layer.get_weights())
+  full = layer_helpers.random_input(rng, (5,) + SHAPE)
+  # Replicas 1 and 3 get empty batches (the last batch of an uneven
+  # dataset split over the replicas).
+  parts = [full[:3], full[:0], full[3:], full[:0]]
+
+  @tf.function
+  def step(x):
+    def replica_step(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y)
+      return y, tape.gradient(loss, [x] + layer.trainable_variables)
+    return strategy.run(replica_step, args=(x,))
+
+  y, grads = step(strategy.experimental_distribute_values_from_function(
+      lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])))
+  assert [v.shape[0] for v in y.values] == [3, 0, 2, 0]
+  for g in tf.nest.flatten(grads):
+    for value in getattr(g, "values", (g,)):
+      assert np.all(np.isfinite(value.numpy()))
+  per_replica = []
+  for part in ([full] if synchronized else [parts[0], parts[2]]):
+    clone = evonorm_layers.get_norm_activation(name)
+    clone.build((None,) + SHAPE)
+    clone.set_weights(reference.get_weights())
+    clone(part, training=True)
+    per_replica.append({k: v.numpy() for k, v in clone.moving.items()})
+  for stat, variable in layer.moving.items():
+    copies = [v.numpy() for v in variable.values]
+    assert all(np.all(np.isfinite(c)) for c in copies), stat
+    if synchronized:  # every replica folds in the global statistics
+      for c in copies:
+        np.testing.assert_allclose(c, per_replica[0][stat], rtol=1e-5,
+                                   atol=1e-6)
+    else:  # replicas with data update, empty ones keep their copy
+      np.testing.assert_allclose(copies[0], per_replica[0][stat], rtol=1e-5,
+                                 atol=1e-6)
+      np.testing.assert_allclose(copies[2], per_replica[1][stat], rtol=1e-5,
+                                 atol=1e-6)
+      for c in (copies[1], copies[3]):
+        np.testing.assert_allclose(c, before[stat], rtol=1e-6)

@@ -77,3 +77,53 @@ def test_finite_outputs_and_gradients(name, case):
       assert g is not None and np.all(np.isfinite(g)), (name, case, training)
   for variable in layer.weights:
     assert np.all(np.isfinite(variable.numpy())), variable.name
+
+
+def test_element_counts_do_not_overflow_int32():
+  from evonorm_layers import statistics  # pylint: disable=g-import-not-at-top
+  shape = tf.constant([70_000, 70_000, 1, 3], tf.int64)  # 4.9e9 per channel
+  count = statistics.element_count(shape, (0, 1, 2))
+  assert count.dtype == tf.int64
+  assert int(count) == 4_900_000_000
+  # The moments' gradient and the fused BatchNorm path count with it.
+  traced = tf.function(lambda x: tf.gradients(
+      statistics.moments(x, (1, 2))[1], x)).get_concrete_function(
+          tf.TensorSpec([None, None, None, 3]))
+  shape_ops = [op for op in traced.graph.get_operations()
+               if op.type == "Shape" and "IdentityN_grad" in op.name]
+  assert shape_ops and all(op.get_attr("out_type") == tf.int64
+                           for op in shape_ops), [
+                               (op.name, op.get_attr("out_type"))
+                               for op in shape_ops]
+
+
+@pytest.mark.parametrize("name", layer_helpers.ALL_LAYERS)
+def test_mixed_precision_keeps_only_compute_dtype_activations(name):
+  """Under mixed_bfloat16 no float32 tensor of the activation's size computed
+  in the forward pass is read by the backward pass: what is kept for
+  backprop is in the compute dtype (statistics and per-channel factors are
+  small)."""
+  layer = evonorm_layers.get_norm_activation(
+      name, dtype="mixed_bfloat16",
+      **({"groups": 4} if name in layer_helpers.GROUPED else {}))
+  x = tf.cast(tf.random.normal((4, 6, 6, 16)), tf.bfloat16)
+  layer.build(x.shape)
+
+  @tf.function
+  def step(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    return tape.gradient(loss, [x] + layer.trainable_variables)
+
+  ops = step.get_concrete_function(x).graph.get_operations()
+  start = next(i for i, op in enumerate(ops)
+               if op.name.startswith("gradient_tape/"))
+  backward = set(ops[start:])
+  size = x.shape.num_elements()
+  kept = {out.name for op in ops[:start] for out in op.outputs
+          if out.dtype == tf.float32 and out.shape.num_elements() == size
+          and any(c in backward for c in out.consumers())
+          and "loss" not in out.name and not out.name.startswith("Cast")}
+  assert not kept, kept

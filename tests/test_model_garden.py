@@ -140,8 +140,11 @@ def test_entry_point_rejects_bad_input_before_training(tmp_path, overrides,
   result = subprocess.run(
       _train_cmd(str(tmp_path), overrides), capture_output=True, text=True,
       timeout=300, check=False)
-  assert result.returncode != 0
-  assert __import__("re").search(expected, result.stderr), result.stderr[-2000:]
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert __import__("re").search(expected, errors[0]), errors[0]
+  assert "Traceback" not in result.stderr
   assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
 
 
@@ -317,3 +320,40 @@ def test_yaml_config_parses(path):
                              rtol=1e-6)
   steps_per_epoch = params.trainer.steps_per_loop
   assert params.trainer.train_steps % steps_per_epoch == 0
+
+
+def test_quickstart_compare_shows_progress_and_a_table(tmp_path):
+  """The README's quickstart (`--compare` path: several layers, table and
+  plot), shrunken: a narrow network, one epoch."""
+  workdir = str(tmp_path / "quickstart")
+  result = subprocess.run(
+      [sys.executable, "-m", "evonorm_vision.quickstart", f"--workdir={workdir}",
+       "--epochs=1", "--layers=bn_relu,evonorm_s0",
+       f"--params_override={FAST},task.model.norm_activation.groups=4"],
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = [l for l in result.stdout.splitlines() if l.startswith("| ")]
+  assert len(table) == 3, result.stdout  # header + one row per layer
+  for row, layer in zip(table[1:], ("bn_relu", "evonorm_s0")):
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == layer
+    assert 0.0 <= float(cells[1]) <= 1.0 and 0.0 <= float(cells[2]) <= 1.0
+  # A progress bar, not the trainer's logs: those are in the model dirs.
+  assert "step" in result.stderr and "train | step" not in result.stdout
+  assert len(result.stdout.splitlines()) < 12, result.stdout
+  for layer in ("bn_relu", "evonorm_s0"):
+    with open(os.path.join(workdir, layer, "train.log")) as f:
+      assert "train | step" in f.read()
+  assert os.path.getsize(os.path.join(workdir, "accuracy.png")) > 0
+
+
+def test_quickstart_bad_layer_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "evonorm_vision.quickstart",
+       f"--workdir={tmp_path}", "--layers=evonorm_b9"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert len(errors) == 1 and "Unknown normalization-activation layer " \
+      "'evonorm_b9'" in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr

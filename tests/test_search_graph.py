@@ -62,6 +62,22 @@ def test_invalid_graphs_are_rejected(nodes, message):
     graph(*nodes)
 
 
+@pytest.mark.parametrize("data, message", [
+    ({"nodes": [["neg", [0, 1.9]]]}, r"inputs must be integer node indices, "
+     r"not \[1.9\]"),
+    ({"nodes": [["neg", [True]]]}, r"not \[True\]"),
+    ({"nodes": [["neg", ["0"]]]}, r"not \['0'\]"),
+    ({"nodes": [[7, [0]]]}, "the op must be a string"),
+    ({"nodes": [["neg"]]}, r"is not \[op, \[input, ...\]\]"),
+    ({"nodes": "neg"}, "A layer graph is a dict"),
+    ([["neg", [0]]], "A layer graph is a dict"),
+])
+def test_from_dict_coerces_nothing(data, message):
+  with pytest.raises(ValueError, match=message):
+    LayerGraph.from_dict(data)
+  assert LayerGraph.from_dict({"nodes": [["neg", [0]]]}) == graph(("neg", 0))
+
+
 def test_random_graphs_are_valid_and_respect_the_batch_switch():
   rng = np.random.default_rng(0)
   sizes, batch_ops = set(), 0

@@ -69,6 +69,24 @@ def test_degenerate_layers_are_rejected_without_crashing(g, reason, data):
   assert record["seconds"]["total"] < 30
 
 
+@pytest.mark.parametrize("g", [
+    graph(("mul", 0, 1)),  # x * 0
+    graph(("neg", 0), ("add", 0, 4)),  # x + (-x)
+    graph(("max", 0, 0), ("div", 4, 0)),  # max(x, x) / x
+    graph(("neg", 0), ("neg", 4), ("div", 0, 5)),  # x / -(-x)
+])
+def test_probe_rejects_layers_whose_output_ignores_x(g):
+  """These graphs read x, yet compute a constant: rejected at the probe
+  (for free), not after the stability and quality tests."""
+  with pytest.raises(evaluation.Rejected) as info:
+    evaluation.probe(g)
+  assert info.value.reason == "quality"
+  assert "does not depend on x" in info.value.detail["detail"]
+  # Layers that do depend on x pass.
+  evaluation.probe(known_layers.KNOWN_GRAPHS["evonorm_b0"])
+  evaluation.probe(graph(("mean_bwh", 0)))  # constant per channel in a batch
+
+
 def test_equivalent_layers_share_a_probe_fingerprint():
   b0 = known_layers.KNOWN_GRAPHS["evonorm_b0"]
   # max(a, b) == max(b, a) and v1*x == x*v1, written as different graphs.

@@ -22,6 +22,7 @@ import os
 from absl import app
 from absl import flags
 
+from evonorm_layers import cli
 from evonorm_layers.search import controller
 from evonorm_layers.search import proxies
 from evonorm_layers.search import report
@@ -100,7 +101,7 @@ def resumed_config(stored: dict) -> controller.SearchConfig:
                                          if name == "anchors"
                                          else stored["proxy"][name]))]
   if changed:
-    raise app.UsageError(
+    raise ValueError(
         f"--resume continues the search as it was defined; these flags differ "
         f"from it: {', '.join('--' + c for c in changed)}. Drop them, or "
         "start a new search in another --output_dir.")
@@ -137,19 +138,19 @@ def rerank(config, search_records, evaluator, store, top_k, steps):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required.")
-  store = store_lib.SearchStore(FLAGS.output_dir)
-  try:
+  with cli.user_errors():
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments {argv[1:]}: every setting is a "
+                       "flag (see --helpshort).")
+    if not FLAGS.output_dir:
+      raise ValueError("--output_dir is required: the directory of the "
+                       "search's log, checkpoint and report.")
+    store = store_lib.SearchStore(FLAGS.output_dir)
     if FLAGS.resume:
       config = resumed_config(store.open_existing())
     else:
       config = config_from_flags()
       store.create(config.to_dict())
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())
 

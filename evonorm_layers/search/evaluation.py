@@ -75,19 +75,29 @@ def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig):
 def probe(graph: LayerGraph) -> str:
   """Functional fingerprint of the layer; raises Rejected on Inf/NaN.
 
-  A layer whose output does not depend on its input cannot learn anything;
+  A layer whose output does not depend on its input cannot learn anything:
   the quality protocol would reject it after training, so it is rejected
-  here for free.
+  here, on its outputs: they are the same for two different input batches
+  (``x*0``, ``x + (-x)``, ``max(x, x) / x``), in training and in inference.
+  A graph that does not even read ``x`` is rejected without running it.
   """
+  rejection = Rejected("quality", {"stage": "probe",
+                                   "detail": "the output does not depend on x"})
   if not graph.uses("x"):
-    raise Rejected("quality", {"stage": "probe",
-                               "detail": "the output does not depend on x"})
+    raise rejection
   rng = np.random.default_rng(1234)
   x = tf.constant(rng.normal(0.3, 1.5, PROBE_SHAPE).astype(np.float32))
+  other = tf.constant(rng.normal(-0.2, 0.8, PROBE_SHAPE).astype(np.float32))
   layer = SearchedNormActivation(graph, groups=4)
   outputs = [layer(x, training=True).numpy(), layer(x, training=False).numpy()]
   if not all(np.all(np.isfinite(o)) for o in outputs):
     raise Rejected("nan", {"stage": "probe"})
+  others = [layer(other, training=True).numpy(),
+            layer(other, training=False).numpy()]
+  if all(np.all(np.isfinite(o)) for o in others) and all(
+      np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(outputs,
+                                                               others)):
+    raise rejection
   # float16 keeps ~3 significant digits: equal functions agree far closer
   # (an unlucky rounding only costs a second evaluation).
   rounded = np.concatenate([o.ravel() for o in outputs]).astype(np.float16)

@@ -122,14 +122,31 @@ class LayerGraph:
 
   @classmethod
   def from_dict(cls, data: dict) -> "LayerGraph":
-    try:
-      nodes = tuple(Node(str(op), tuple(int(i) for i in inputs))
-                    for op, inputs in data["nodes"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise ValueError(
-          "A layer graph is a dict {'nodes': [[op, [input, ...]], ...]}; "
-          f"received {data!r}.") from e
-    return cls(nodes)
+    """The graph of ``{"nodes": [[op, [input, ...]], ...]}``.
+
+    Nothing is coerced: an op must be a string and an input an int, so a
+    corrupted or hand-edited file is an error, not another layer.
+    """
+    form = "A layer graph is a dict {'nodes': [[op, [input, ...]], ...]}"
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+      raise ValueError(f"{form}; received {data!r}.")
+    nodes = []
+    for position, entry in enumerate(data["nodes"]):
+      where = f"node {len(INITIAL_NODES) + position} ({entry!r})"
+      if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and
+              isinstance(entry[1], (list, tuple))):
+        raise ValueError(f"{form}; {where} is not [op, [input, ...]].")
+      op, inputs = entry
+      if not isinstance(op, str):
+        raise ValueError(f"{form}; {where}: the op must be a string such as "
+                         f"'add', not {op!r}.")
+      bad = [i for i in inputs
+             if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+      if bad:
+        raise ValueError(f"{form}; {where}: inputs must be integer node "
+                         f"indices, not {bad!r}.")
+      nodes.append(Node(op, tuple(int(i) for i in inputs)))
+    return cls(tuple(nodes))
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict())

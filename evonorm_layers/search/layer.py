@@ -16,6 +16,10 @@ name; the graph is part of the layer's config, so saved models reload.
 normalization of the graph's series, as the EvoNorms do: ``x /
 sqrt(s2_bwh(x))`` for a graph with batch aggregations, ``x /
 sqrt(s2_{wh,c/g}(x))`` otherwise.
+
+The affine (conditional or not, see :mod:`evonorm_layers.affine`) follows the
+graph's output. A graph's ops are arbitrary (``exp``, ``square``, ...), so a
+searched layer computes in float32 under mixed precision too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
 from evonorm_layers import layout as layout_lib
 from evonorm_layers import registry
@@ -87,9 +92,18 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
         if self.graph.uses(name):
           self.v[name] = self.add_channel_weight(name, init)
 
-  def normalize_activate(self, x, training):
+  @property
+  def uses_groups(self) -> bool:
     if not self.nonlinearity:
-      return self._series_normalization(x, training)
+      return not self.batch_dependent
+    return any(primitives.get(self.graph.node(i).op).index_set == "whc/g"
+               for i in self.graph.used_nodes()
+               if i >= len(graph_lib.INITIAL_NODES))
+
+  def normalize_activate(self, x, training, affine):
+    x = tf.cast(x, tf.float32)
+    if not self.nonlinearity:
+      return self._series_normalization(x, training, affine)
     values = {0: x}
     for i, name in enumerate(graph_lib.INITIAL_NODES[1:], start=1):
       if name == "zero":
@@ -106,17 +120,17 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
             training)
       else:
         values[index] = primitive.fn(*inputs, self.epsilon)
-    return self.affine(tf.broadcast_to(values[self.graph.output],
-                                       tf.shape(x)))
+    return affine.apply(tf.broadcast_to(values[self.graph.output],
+                                        tf.shape(x)))
 
   def _aggregate(self, index, primitive, z, training):
     if primitive.index_set == "bwh":
       key = f"node{index}_{_MOVING_OF_MOMENT[primitive.moment]}"
 
       def batch_statistic():
-        mean, var = self.batch_moments(z)
+        mean, var, count = self.batch_moments(z)
         return {key: {"mean": mean, "rms": var + tf.square(mean),
-                      "std": var}[primitive.moment]}
+                      "std": var}[primitive.moment]}, count
 
       value = self.batch_or_moving(training, batch_statistic, (key,))[key]
       return value if primitive.moment == "mean" else tf.sqrt(
@@ -130,16 +144,20 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     second = var if primitive.moment == "std" else var + tf.square(mean)
     return tf.sqrt(second + self.epsilon)
 
-  def _series_normalization(self, x, training):
+  def _series_normalization(self, x, training, affine):
     if self.batch_dependent:
-      var = self.batch_or_moving(training, lambda: {
-          "variance": self.batch_moments(x)[1]})["variance"]
+
+      def batch_variance():
+        moments = self.batch_moments(x)
+        return {"variance": moments.variance}, moments.count
+
+      var = self.batch_or_moving(training, batch_variance)["variance"]
     else:
       var = stats_lib.group_moments(
           *stats_lib.instance_moments(x, self.layout), self.layout,
           self.resolved_groups)[1]
-    scale = self.channel_param(self.gamma) * tf.math.rsqrt(var + self.epsilon)
-    return x * scale + self.channel_param(self.beta)
+    return affine_lib.scale_shift(
+        x, *affine.fold(tf.math.rsqrt(var + self.epsilon)))
 
   def get_config(self):
     config = super().get_config()
@@ -157,11 +175,15 @@ class SearchedLayerFactory:
   def __call__(self, axis: int = -1, epsilon: float = 1e-5,
                nonlinearity: bool = True, groups: int = 32,
                momentum: float = 0.9, synchronized: bool = False,
+               center: bool = True, scale: bool = True,
+               gamma_initializer="ones", beta_initializer="zeros",
                **keras_kwargs) -> SearchedNormActivation:
     return SearchedNormActivation(
         self.graph, groups=groups, momentum=momentum,
         synchronized=synchronized, axis=axis, epsilon=epsilon,
-        nonlinearity=nonlinearity, **keras_kwargs)
+        nonlinearity=nonlinearity, center=center, scale=scale,
+        gamma_initializer=gamma_initializer,
+        beta_initializer=beta_initializer, **keras_kwargs)
 
   def __repr__(self):
     return f"SearchedLayerFactory({self.graph.formula()!r})"

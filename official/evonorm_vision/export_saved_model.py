@@ -11,10 +11,12 @@ inputs, with Model Garden's preprocessing.
 
 from absl import app
 from absl import flags
+import tensorflow as tf
 from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
+from evonorm_layers import cli
 from evonorm_vision import experiment
 
 def load_params(name, config_files=(), params_override="",
@@ -65,8 +67,14 @@ def define_flags():
 
 def main(_):
   f = flags.FLAGS
-  params = load_params(f.experiment, f.config_file, f.params_override,
-                       f.searched_layers)
+  with cli.user_errors():  # bad input: one line, before any work
+    params = load_params(f.experiment, f.config_file, f.params_override,
+                         f.searched_layers)
+    if not (tf.io.gfile.exists(f.checkpoint_path) or
+            tf.io.gfile.exists(f.checkpoint_path + ".index")):
+      raise FileNotFoundError(
+          f"--checkpoint_path={f.checkpoint_path!r} does not exist: pass a "
+          "checkpoint file prefix or the training run's --model_dir.")
   print(export(params, f.checkpoint_path, f.export_dir, f.input_type,
                f.input_image_size, f.batch_size))
 

@@ -10,23 +10,33 @@ norm_momentum, norm_epsilon``. This project's version adds the layer ``type``
 ``norm_epsilon``           the layers' ``epsilon``
 ``norm_momentum``          the layers' ``momentum`` (batch-dependent layers)
 ``use_sync_bn``            the layers' ``synchronized`` (cross-replica stats)
-``allow_group_fallback``   accept widths not divisible by ``groups`` (then
-                           the largest divisor below is used per layer, as
-                           in the authors' code); by default such a config is
-                           an error before training starts
+``allow_group_fallback``   widths not divisible by ``groups`` use the largest
+                           divisor below it at that site, as in the authors'
+                           code, reported in one log line (default); false
+                           makes such a config an error before training
+``zero_init_residual``     the last norm of every residual branch starts
+                           with gamma = 0, so each block starts as the
+                           identity (``init_zero`` in the authors' ResNets)
 ``activation``             Model Garden's: only for activations that do not
                            follow a norm (e.g. after the residual add of a
                            ResNet v1 block); activations that follow a norm
                            are part of the norm-activation layer
 =========================  ===================================================
+
+:func:`register_backbone` registers a backbone class with Model Garden's
+backbone factory so that it reads this section; :mod:`evonorm_vision.norm_sites`
+puts registry layers at the norm sites of Model Garden's own blocks and heads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Mapping
 
+from absl import logging
 import tf_keras
 from official.vision.configs import common
+from official.vision.modeling.backbones import factory as backbone_factory
 
 import evonorm_layers
 
@@ -35,49 +45,110 @@ import evonorm_layers
 class NormActivation(common.NormActivation):
   type: str = "bn_relu"
   groups: int = 32
-  allow_group_fallback: bool = False
+  allow_group_fallback: bool = True
+  zero_init_residual: bool = False
+
+
+def data_format_axis() -> int:
+  """The channel axis of Keras' image data format (-1 or 1)."""
+  return -1 if tf_keras.backend.image_data_format() == "channels_last" else 1
+
+
+def make_norm_factory(spec) -> evonorm_layers.NormActivationFactory:
+  """A layer factory from a network's ``norm_activation`` argument (a name,
+  a dict of factory fields or a factory); ``axis``, unless given, follows
+  Keras' image data format."""
+  if isinstance(spec, evonorm_layers.NormActivationFactory):
+    return spec
+  if spec is None or isinstance(spec, str):
+    spec = {} if spec is None else {"type": spec}
+  return evonorm_layers.NormActivationFactory(
+      **{"axis": data_format_axis(), **spec})
 
 
 def factory_from_config(config, axis: int | None = None
                         ) -> evonorm_layers.NormActivationFactory:
   """The layer factory for a norm-activation config (validates ``type``)."""
-  if axis is None:
-    axis = -1 if tf_keras.backend.image_data_format() == "channels_last" else 1
   return evonorm_layers.NormActivationFactory(
       getattr(config, "type", "bn_relu"),
       groups=getattr(config, "groups", 32),
       epsilon=config.norm_epsilon,
       momentum=config.norm_momentum,
       synchronized=config.use_sync_bn,
-      axis=axis)
+      axis=data_format_axis() if axis is None else axis,
+      zero_init_residual=getattr(config, "zero_init_residual", False))
 
 
-def check_groups_fit(model: tf_keras.Model, config, backbone_name: str):
-  """Raises if ``groups`` does not divide the width of a grouped norm site.
+def check_groups_fit(model: tf_keras.Model, config, model_name: str):
+  """Reports norm sites whose width ``groups`` does not divide.
 
-  Called on a built backbone, so the message can list the offending widths.
+  Called on a built model, so the message can list the widths. With
+  ``allow_group_fallback`` (the default) it logs one line: those sites use
+  the largest divisor below ``groups``. Without, it raises before training.
   """
-  if getattr(config, "allow_group_fallback", False):
+  grouped = [
+      layer for layer in model._flatten_layers(include_self=False,  # pylint: disable=protected-access
+                                               recursive=True)
+      if isinstance(layer, evonorm_layers.NormActivation)
+      and layer.uses_groups and layer.layout is not None]
+  misfits = sorted({layer.layout.channels for layer in grouped
+                    if layer.layout.channels % layer.groups})
+  if not misfits:
     return
-  misfits = sorted({
-      layer.layout.channels
-      for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
-      if isinstance(layer, evonorm_layers.GroupedNormActivation)
-      and layer.layout is not None and layer.layout.channels % layer.groups
-  })
-  if misfits:
-    widths = sorted({
-        layer.layout.channels
-        for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
-        if isinstance(layer, evonorm_layers.GroupedNormActivation)
-        and layer.layout is not None
-    })
-    common_divisors = [g for g in range(1, min(widths) + 1)
-                       if all(w % g == 0 for w in widths)]
-    raise ValueError(
-        f"norm_activation.groups={config.groups} does not divide the "
-        f"channel count of every norm site of {backbone_name}: widths "
-        f"{misfits} are not divisible. Use a group count that divides all "
-        f"widths {widths} (largest: {max(common_divisors)}), or set "
-        "norm_activation.allow_group_fallback=true to use the largest "
-        "divisor below `groups` at each site, as the authors' code does.")
+  widths = sorted({layer.layout.channels for layer in grouped})
+  common_divisors = [g for g in range(1, min(widths) + 1)
+                     if all(w % g == 0 for w in widths)]
+  if getattr(config, "allow_group_fallback", True):
+    used = sorted({(layer.layout.channels, layer.resolved_groups)
+                   for layer in grouped if layer.layout.channels in misfits})
+    logging.warning(
+        "%s: norm_activation.groups=%d does not divide widths %s; those "
+        "sites use the largest divisor below it (%s), as the authors' code "
+        "does. Set norm_activation.groups=%d (divides every width) to avoid "
+        "this, or allow_group_fallback=false to make it an error.",
+        model_name, config.groups, misfits,
+        ", ".join(f"{w}: {g} groups" for w, g in used), max(common_divisors))
+    return
+  raise ValueError(
+      f"norm_activation.groups={config.groups} does not divide the "
+      f"channel count of every norm site of {model_name}: widths "
+      f"{misfits} are not divisible. Use a group count that divides all "
+      f"widths {widths} (largest: {max(common_divisors)}), or set "
+      "norm_activation.allow_group_fallback=true to use the largest "
+      "divisor below `groups` at each site, as the authors' code does.")
+
+
+def register_backbone(
+    type_name: str, model_cls: Callable[..., tf_keras.Model],
+    arguments: Callable[[Any, Any], Mapping[str, Any]]):
+  """Registers ``model_cls`` with Model Garden's backbone factory.
+
+  The builder makes ``model_cls(input_specs=..., norm_activation=<factory
+  fields from the norm_activation config>, kernel_regularizer=...,
+  **arguments(backbone_config, norm_activation_config))`` and checks its
+  grouped norm sites (:func:`check_groups_fit`).
+
+  Args:
+    type_name: the ``task.model.backbone.type`` to register.
+    model_cls: the backbone class.
+    arguments: the class's other arguments from the backbone's own config
+      (``backbone_config.get()``) and the norm-activation config.
+
+  Returns:
+    The registered builder.
+  """
+
+  def build(input_specs, backbone_config, norm_activation_config,
+            l2_regularizer=None) -> tf_keras.Model:
+    cfg = backbone_config.get()
+    model = model_cls(
+        input_specs=input_specs,
+        norm_activation=factory_from_config(norm_activation_config).as_dict(),
+        kernel_regularizer=l2_regularizer,
+        **arguments(cfg, norm_activation_config))
+    check_groups_fit(model, norm_activation_config,
+                     f"{type_name}-{getattr(cfg, 'model_id', '')}")
+    return model
+
+  build.__name__ = f"build_{type_name}"
+  return backbone_factory.register_backbone_builder(type_name)(build)

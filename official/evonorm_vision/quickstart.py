@@ -14,12 +14,20 @@ Garden's export library, reloads it with ``tf.saved_model.load`` and prints
 its accuracy on the 360 validation images. ``--compare`` trains the layers
 under identical settings, prints a table and saves the validation-accuracy
 curves to ``WORKDIR/accuracy.png``.
+
+A progress bar per layer shows training; TensorFlow's and the trainer's logs
+go to ``WORKDIR/<layer>/train.log`` (``--verbose`` prints them instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -30,10 +38,14 @@ from tensorflow.core.util import event_pb2
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
+from tqdm import tqdm
 
+from evonorm_layers import cli
 from evonorm_vision import experiment
 from evonorm_vision import export_saved_model
+from evonorm_vision.configs import image_classification as experiments
 from evonorm_vision.data import digits
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENT = "evonorm_digits_quickstart"
 COMPARED = ("bn_relu", "evonorm_b0", "evonorm_s0")
@@ -47,34 +59,90 @@ _WORKDIR = flags.DEFINE_string("workdir", "evonorm_quickstart",
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs per layer.")
 _OVERRIDE = flags.DEFINE_string("params_override", "",
                                 "Further experiment overrides.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Print TensorFlow's and the trainer's logs instead of "
+    "keeping them in WORKDIR/<layer>/train.log.")
 
 
 def experiment_params(layer: str, data_dir: str, epochs: int,
                       params_override: str = ""):
-  """The quickstart experiment for ``layer`` reading TFRecords in data_dir."""
-  steps_per_epoch = 1437 // 64
+  """The quickstart experiment for ``layer`` reading TFRecords in data_dir,
+  trained for ``epochs`` passes over the training images."""
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={layer}",
       f"task.train_data.input_path={digits.file_pattern(data_dir, 'train')}",
       "task.validation_data.input_path="
       f"{digits.file_pattern(data_dir, 'validation')}",
-      f"trainer.train_steps={epochs * steps_per_epoch}",
-      "trainer.optimizer_config.learning_rate.cosine.decay_steps="
-      f"{epochs * steps_per_epoch}",
       params_override]))
-  return export_saved_model.load_params(EXPERIMENT, (), overrides)
+  params = export_saved_model.load_params(EXPERIMENT, (), overrides)
+  steps = epochs * (experiments.DIGITS_TRAIN_EXAMPLES //
+                    params.task.train_data.global_batch_size)
+  return export_saved_model.load_params(EXPERIMENT, (), ",".join([
+      overrides, f"trainer.train_steps={steps}",
+      f"trainer.optimizer_config.learning_rate.cosine.decay_steps={steps}"]))
 
 
-def train_and_evaluate(params, model_dir: str) -> dict:
-  """Model Garden's train_and_eval; returns the final evaluation logs."""
-  experiment.check_inputs(params, "train_and_eval")
-  strategy = experiment.make_strategy(params)
+@contextlib.contextmanager
+def logs_to(path: str | None):
+  """Sends absl/TensorFlow logs and the trainer's prints to ``path``."""
+  if path is None:
+    yield
+    return
+  handler = logging.get_absl_handler().python_handler
+  with open(path, "a") as log, contextlib.redirect_stdout(log):
+    stream, handler.stream = handler.stream, log
+    try:
+      yield
+    finally:
+      handler.stream = stream
+
+
+class _Progress:
+  """A progress bar fed by Model Garden's train and eval actions."""
+
+  def __init__(self, trainer, total: int, desc: str):
+    self.trainer = trainer
+    self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr,
+                    dynamic_ncols=True)
+    self.postfix = {}
+
+  def train(self, output):
+    self.bar.update(int(self.trainer.global_step.numpy()) - self.bar.n)
+    if "training_loss" in output:
+      self.postfix["loss"] = f"{float(output['training_loss']):.3f}"
+    self.bar.set_postfix(self.postfix)
+
+  def eval(self, output):
+    if "accuracy" in output:
+      self.postfix["val_acc"] = f"{float(output['accuracy']):.3f}"
+      self.bar.set_postfix(self.postfix)
+
+
+def train_and_evaluate(params, model_dir: str, desc: str = "training",
+                       verbose: bool = False) -> dict:
+  """Model Garden's train_and_eval with a progress bar; returns the final
+  evaluation logs."""
+  with cli.user_errors():
+    experiment.check_inputs(params, "train_and_eval")
+    strategy = experiment.make_strategy(params)
+  tf.io.gfile.makedirs(model_dir)
   train_utils.serialize_config(params, model_dir)
-  with strategy.scope():
-    task = task_factory.get_task(params.task, logging_dir=model_dir)
-  _, logs = train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode="train_and_eval",
-      params=params, model_dir=model_dir, run_post_eval=True)
+  with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
+    with strategy.scope():
+      task = task_factory.get_task(params.task, logging_dir=model_dir)
+      trainer = train_utils.create_trainer(
+          params, task, train=True, evaluate=True,
+          checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
+              params, model_dir))
+    progress = _Progress(trainer, params.trainer.train_steps, desc)
+    try:
+      _, logs = train_lib.run_experiment(
+          distribution_strategy=strategy, task=task, mode="train_and_eval",
+          params=params, model_dir=model_dir, run_post_eval=True,
+          trainer=trainer, train_actions=[progress.train],
+          eval_actions=[progress.eval])
+    finally:
+      progress.bar.close()
   return logs
 
 
@@ -130,19 +198,24 @@ def save_plot(curves: dict, path: str):
   plt.close(fig)
 
 
-def run(layers, workdir: str, epochs: int, params_override: str = ""):
+def run(layers, workdir: str, epochs: int, params_override: str = "",
+        verbose: bool = False):
   """Trains, exports and reloads each layer; returns rows for the table."""
   data_dir = os.path.join(workdir, "data")
+  with cli.user_errors():  # bad names and overrides, before any work
+    all_params = {layer: experiment_params(layer, data_dir, epochs,
+                                           params_override)
+                  for layer in layers}
   digits.write_digits_tfrecords(data_dir)
   images, labels = validation_images(data_dir)
   rows, curves = [], {}
-  for layer in layers:
-    params = experiment_params(layer, data_dir, epochs, params_override)
+  for layer, params in all_params.items():
     model_dir = os.path.join(workdir, layer)
     tf_keras.backend.clear_session()
-    logs = train_and_evaluate(params, model_dir)
-    saved_model = export_saved_model.export(
-        params, model_dir, os.path.join(workdir, "export", layer))
+    logs = train_and_evaluate(params, model_dir, desc=layer, verbose=verbose)
+    with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
+      saved_model = export_saved_model.export(
+          params, model_dir, os.path.join(workdir, "export", layer))
     rows.append(dict(layer=layer, eval_accuracy=float(logs["accuracy"]),
                      saved_model_accuracy=saved_model_accuracy(
                          saved_model, images, labels),
@@ -154,7 +227,8 @@ def run(layers, workdir: str, epochs: int, params_override: str = ""):
 def main(argv):
   del argv
   layers = list(COMPARED) if _COMPARE.value else _LAYERS.value
-  rows, curves = run(layers, _WORKDIR.value, _EPOCHS.value, _OVERRIDE.value)
+  rows, curves = run(layers, _WORKDIR.value, _EPOCHS.value, _OVERRIDE.value,
+                     _VERBOSE.value)
   print("\n| layer | validation accuracy (trainer) | "
         "accuracy of the reloaded SavedModel | SavedModel |")
   print("|---|---:|---:|---|")
@@ -168,5 +242,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.WARNING)
   app.run(main)

@@ -26,15 +26,17 @@ from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 
+from evonorm_layers import cli
 from evonorm_vision import experiment
 
 FLAGS = flags.FLAGS
 
 
 def main(_):
-  params = experiment.parse(FLAGS)
-  experiment.check_inputs(params, FLAGS.mode)
-  strategy = experiment.make_strategy(params)
+  with cli.user_errors():  # bad input: one line, before any work
+    params = experiment.parse(FLAGS)
+    experiment.check_inputs(params, FLAGS.mode)
+    strategy = experiment.make_strategy(params)
   if "train" in FLAGS.mode:
     train_utils.serialize_config(params, FLAGS.model_dir)
   if params.runtime.mixed_precision_dtype:

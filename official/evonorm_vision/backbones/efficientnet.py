@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import tf_keras
 from official.vision.modeling.backbones import efficientnet as mg_efficientnet
-from official.vision.modeling.backbones import factory
 from official.vision.modeling.layers import nn_layers
 
-import evonorm_layers
 from evonorm_vision import norm_activation as norm_lib
 from evonorm_vision.backbones.serialization import SerializableBackbone
 from evonorm_vision.backbones import blocks
@@ -59,8 +57,8 @@ class EfficientNet(SerializableBackbone):
         kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer,
         bias_regularizer=bias_regularizer)
-    make_norm = evonorm_layers.NormActivationFactory(
-        **self._config_dict["norm_activation"])
+    make_norm = norm_lib.make_norm_factory(
+        self._config_dict["norm_activation"])
     conv_kwargs = dict(use_bias=False, padding="same",
                        kernel_initializer=kernel_initializer,
                        kernel_regularizer=kernel_regularizer,
@@ -104,19 +102,9 @@ class EfficientNet(SerializableBackbone):
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
 
 
-@factory.register_backbone_builder("evonorm_efficientnet")
-def build_efficientnet(input_specs, backbone_config, norm_activation_config,
-                       l2_regularizer=None) -> tf_keras.Model:
-  cfg = backbone_config.get()
-  model = EfficientNet(
-      model_id=cfg.model_id,
-      input_specs=input_specs,
-      norm_activation=norm_lib.factory_from_config(
-          norm_activation_config).as_dict(),
-      se_ratio=cfg.se_ratio,
-      stochastic_depth_drop_rate=cfg.stochastic_depth_drop_rate,
-      activation=norm_activation_config.activation,
-      kernel_regularizer=l2_regularizer)
-  norm_lib.check_groups_fit(model, norm_activation_config,
-                            f"evonorm_efficientnet-{cfg.model_id}")
-  return model
+build_efficientnet = norm_lib.register_backbone(
+    "evonorm_efficientnet", EfficientNet, lambda cfg, norm: dict(
+        model_id=cfg.model_id,
+        se_ratio=cfg.se_ratio,
+        stochastic_depth_drop_rate=cfg.stochastic_depth_drop_rate,
+        activation=norm.activation))

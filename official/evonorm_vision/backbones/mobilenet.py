@@ -15,7 +15,6 @@ MnasNet-B1's: (3,1,1,16,1), (3,2,3,24,3), (5,2,3,40,3), (5,2,6,80,3),
 from __future__ import annotations
 
 import tf_keras
-from official.vision.modeling.backbones import factory
 from official.vision.modeling.backbones import mobilenet as mg_mobilenet
 
 from evonorm_vision import norm_activation as norm_lib
@@ -118,18 +117,8 @@ class MobileNet(SerializableBackbone):
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
 
 
-@factory.register_backbone_builder("evonorm_mobilenet")
-def build_mobilenet(input_specs, backbone_config, norm_activation_config,
-                    l2_regularizer=None) -> tf_keras.Model:
-  cfg = backbone_config.get()
-  model = MobileNet(
-      model_id=cfg.model_id,
-      filter_size_scale=cfg.filter_size_scale,
-      input_specs=input_specs,
-      norm_activation=norm_lib.factory_from_config(
-          norm_activation_config).as_dict(),
-      stochastic_depth_drop_rate=cfg.stochastic_depth_drop_rate,
-      kernel_regularizer=l2_regularizer)
-  norm_lib.check_groups_fit(model, norm_activation_config,
-                            f"evonorm_mobilenet-{cfg.model_id}")
-  return model
+build_mobilenet = norm_lib.register_backbone(
+    "evonorm_mobilenet", MobileNet, lambda cfg, norm: dict(
+        model_id=cfg.model_id,
+        filter_size_scale=cfg.filter_size_scale,
+        stochastic_depth_drop_rate=cfg.stochastic_depth_drop_rate))

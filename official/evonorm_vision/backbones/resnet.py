@@ -4,7 +4,8 @@ Subclasses Model Garden's ``ResNet``: the architecture, the block tables
 (``RESNET_SPECS``), ResNet-D shortcuts, squeeze-excitation and stochastic
 depth are Model Garden's; the stem and the blocks use registry norms (see
 ``blocks.py``). The ReLU after each residual add is not a norm site and stays
-``norm_activation.activation``.
+``norm_activation.activation``. ``bn_trainable=False`` freezes every norm,
+the stem's included (frozen-norm fine-tuning, as detection does).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from __future__ import annotations
 import functools
 
 import tf_keras
-from official.vision.modeling.backbones import factory
 from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.layers import nn_blocks
 
-import evonorm_layers
 from evonorm_vision import norm_activation as norm_lib
 from evonorm_vision.backbones import blocks
 
@@ -40,8 +39,7 @@ class ResNet(mg_resnet.ResNet):
 
   def __init__(self, norm_activation=None, **kwargs):
     self._norm_activation = dict(norm_activation or {})
-    self._make_norm = evonorm_layers.NormActivationFactory(
-        **self._norm_activation)
+    self._make_norm = norm_lib.make_norm_factory(self._norm_activation)
     super().__init__(**kwargs)
 
   def _conv(self, x, filters, kernel_size, strides):
@@ -64,11 +62,16 @@ class ResNet(mg_resnet.ResNet):
                        f"Received: {self._stem_type!r}.")
     x = inputs
     for filters, kernel_size, strides in convs:
-      x = self._make_norm()(self._conv(x, filters, kernel_size, strides))
+      x = self._stem_norm()(self._conv(x, filters, kernel_size, strides))
     if self._replace_stem_max_pool:
-      return self._make_norm()(
+      return self._stem_norm()(
           self._conv(x, int(64 * self._depth_multiplier), 3, 2))
     return layers.MaxPool2D(pool_size=3, strides=2, padding="same")(x)
+
+  def _stem_norm(self):
+    norm = self._make_norm()
+    norm.trainable = self._bn_trainable
+    return norm
 
   def _block_group(self, inputs, filters, strides, block_fn, *args, **kwargs):
     block = functools.partial(_BLOCKS[block_fn],
@@ -80,26 +83,15 @@ class ResNet(mg_resnet.ResNet):
     return {**super().get_config(), "norm_activation": self._norm_activation}
 
 
-@factory.register_backbone_builder("evonorm_resnet")
-def build_resnet(input_specs, backbone_config, norm_activation_config,
-                 l2_regularizer=None) -> tf_keras.Model:
-  """Builds Model Garden's ResNet with the configured norm-activation."""
-  cfg = backbone_config.get()
-  make_norm = norm_lib.factory_from_config(norm_activation_config)
-  model = ResNet(
-      norm_activation=make_norm.as_dict(),
-      model_id=cfg.model_id,
-      input_specs=input_specs,
-      depth_multiplier=cfg.depth_multiplier,
-      stem_type=cfg.stem_type,
-      resnetd_shortcut=cfg.resnetd_shortcut,
-      replace_stem_max_pool=cfg.replace_stem_max_pool,
-      se_ratio=cfg.se_ratio,
-      init_stochastic_depth_rate=cfg.stochastic_depth_drop_rate,
-      scale_stem=cfg.scale_stem,
-      activation=norm_activation_config.activation,
-      kernel_regularizer=l2_regularizer,
-      bn_trainable=cfg.bn_trainable)
-  norm_lib.check_groups_fit(model, norm_activation_config,
-                            f"evonorm_resnet-{cfg.model_id}")
-  return model
+build_resnet = norm_lib.register_backbone(
+    "evonorm_resnet", ResNet, lambda cfg, norm: dict(
+        model_id=cfg.model_id,
+        depth_multiplier=cfg.depth_multiplier,
+        stem_type=cfg.stem_type,
+        resnetd_shortcut=cfg.resnetd_shortcut,
+        replace_stem_max_pool=cfg.replace_stem_max_pool,
+        se_ratio=cfg.se_ratio,
+        init_stochastic_depth_rate=cfg.stochastic_depth_drop_rate,
+        scale_stem=cfg.scale_stem,
+        activation=norm.activation,
+        bn_trainable=cfg.bn_trainable))

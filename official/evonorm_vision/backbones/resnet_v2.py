@@ -6,6 +6,9 @@ code, each block starts with a norm-activation of its input, the projection
 shortcut (when present) takes that pre-activated input, and one final
 norm-activation follows the last block. Every norm site is followed by an
 activation, so every site uses the layer's ``nonlinearity=True`` form.
+With ``zero_init_residual`` the last norm inside each residual branch (before
+its last convolution) starts with gamma = 0: for every layer of the library
+its output is then 0, so each block starts as the identity.
 
 Endpoints follow Model Garden: ``{"2": ..., "5": ...}`` at strides 4 to 32
 (1 to 8 with the CIFAR stem). Levels 2-4 are block-group outputs (sums, not
@@ -16,9 +19,7 @@ classification head can pool it directly.
 from __future__ import annotations
 
 import tf_keras
-from official.vision.modeling.backbones import factory
 
-import evonorm_layers
 from evonorm_vision import norm_activation as norm_lib
 from evonorm_vision.backbones.serialization import SerializableBackbone
 
@@ -71,9 +72,7 @@ class ResNetV2(SerializableBackbone):
     if stem_type not in STEM_TYPES:
       raise ValueError(f"ResNetV2: `stem_type` must be one of {STEM_TYPES}. "
                        f"Received: {stem_type!r}.")
-    channels_last = tf_keras.backend.image_data_format() == "channels_last"
-    self._make_norm = evonorm_layers.NormActivationFactory.from_spec(
-        norm_activation, axis=-1 if channels_last else 1)
+    self._make_norm = norm_lib.make_norm_factory(norm_activation)
     self._config_dict = dict(
         model_id=model_id, norm_activation=self._make_norm.as_dict(),
         stem_type=stem_type, width_multiplier=width_multiplier,
@@ -116,7 +115,7 @@ class ResNetV2(SerializableBackbone):
     preact = self._make_norm(name=f"{name}_norm1")(x)
     shortcut = self._shortcut(x, preact, filters, strides, project, name)
     y = self._conv(preact, filters, 3, strides, f"{name}_conv1")
-    y = self._make_norm(name=f"{name}_norm2")(y)
+    y = self._make_norm(name=f"{name}_norm2", residual_branch_end=True)(y)
     y = self._conv(y, filters, 3, 1, f"{name}_conv2")
     return layers.Add(name=f"{name}_add")([shortcut, y])
 
@@ -126,23 +125,13 @@ class ResNetV2(SerializableBackbone):
     y = self._conv(preact, filters, 1, 1, f"{name}_conv1")
     y = self._make_norm(name=f"{name}_norm2")(y)
     y = self._conv(y, filters, 3, strides, f"{name}_conv2")
-    y = self._make_norm(name=f"{name}_norm3")(y)
+    y = self._make_norm(name=f"{name}_norm3", residual_branch_end=True)(y)
     y = self._conv(y, 4 * filters, 1, 1, f"{name}_conv3")
     return layers.Add(name=f"{name}_add")([shortcut, y])
 
 
-@factory.register_backbone_builder("resnet_v2")
-def build_resnet_v2(input_specs, backbone_config, norm_activation_config,
-                    l2_regularizer=None) -> tf_keras.Model:
-  """Builds a pre-activation ResNet from a ``ResNetV2`` backbone config."""
-  cfg = backbone_config.get()
-  model = ResNetV2(
-      model_id=cfg.model_id,
-      input_specs=input_specs,
-      norm_activation=norm_lib.factory_from_config(norm_activation_config),
-      stem_type=cfg.stem_type,
-      width_multiplier=cfg.width_multiplier,
-      kernel_regularizer=l2_regularizer)
-  norm_lib.check_groups_fit(model, norm_activation_config,
-                            f"resnet_v2-{cfg.model_id}")
-  return model
+build_resnet_v2 = norm_lib.register_backbone(
+    "resnet_v2", ResNetV2, lambda cfg, norm: dict(
+        model_id=cfg.model_id,
+        stem_type=cfg.stem_type,
+        width_multiplier=cfg.width_multiplier))
