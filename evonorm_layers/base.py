@@ -15,9 +15,8 @@ conditional affine, see :mod:`evonorm_layers.affine`).
 per-channel variables. Statistics are always computed in float32 (so
 ``mixed_float16`` / ``mixed_bfloat16`` squares never overflow). The input
 stays in its dtype: under mixed precision the tensors kept for backprop are
-in the compute dtype, and elementwise parts run either recomputed in float32
-(EvoNorm-B/S, SiLU) or as ``x * scale + shift`` in the compute dtype with
-float32 per-channel factors (BN, GN, LN, FRN, PixelNorm, RS+rej).
+in the compute dtype, and the elementwise parts compute in float32 on it
+(:mod:`evonorm_layers.recompute`).
 """
 
 from __future__ import annotations

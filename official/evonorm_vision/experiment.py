@@ -14,6 +14,7 @@ from absl import logging
 import tensorflow as tf
 from official.common import distribute_utils
 from official.core import exp_factory
+from official.core import task_factory
 from official.core import train_utils
 
 import evonorm_layers
@@ -63,19 +64,28 @@ def parse(flags_obj):
   check_experiment_name(flags_obj.experiment)
   register_searched_layers(getattr(flags_obj, "searched_layers", ()))
   params = train_utils.parse_configuration(flags_obj, print_return=False)
-  norm = getattr(params.task.model, "norm_activation", None)
-  if norm is not None and hasattr(norm, "type"):
-    evonorm_layers.registry.resolve_name(norm.type)  # lists valid names
+  check_layer_name(params)
   return params
 
 
+def check_layer_name(params):
+  """Raises, listing the valid names, if the configured layer is unknown."""
+  norm = getattr(params.task.model, "norm_activation", None)
+  if norm is not None and hasattr(norm, "type"):
+    evonorm_layers.registry.resolve_name(norm.type)
+
+
 def check_inputs(params, mode: str):
-  """Data presence for the splits ``mode`` reads."""
+  """Data presence for the splits ``mode`` reads, checked by the task class
+  (``check_data(task_config, data_config, split)``)."""
+  task_cls = task_factory.get_task_cls(type(params.task))
+  check = getattr(task_cls, "check_data", None)
+  if check is None:
+    return
   if "train" in mode:
-    task_lib.check_data_available(params.task.train_data, "train_data")
+    check(params.task, params.task.train_data, "train_data")
   if "eval" in mode:
-    task_lib.check_data_available(params.task.validation_data,
-                                  "validation_data")
+    check(params.task, params.task.validation_data, "validation_data")
 
 
 def make_strategy(params) -> tf.distribute.Strategy:
@@ -94,3 +104,17 @@ def make_strategy(params) -> tf.distribute.Strategy:
   task_lib.check_batch_divisible(params.task.validation_data, replicas,
                                  "validation_data")
   return strategy
+
+
+def make_task_and_trainer(params, strategy: tf.distribute.Strategy, mode: str,
+                          model_dir: str):
+  """The task and Model Garden's trainer (model and optimizer built), as
+  ``train_lib.run_experiment`` would create them."""
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=model_dir)
+    trainer = train_utils.create_trainer(
+        params, task, train="train" in mode,
+        evaluate="eval" in mode,
+        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
+            params, model_dir))
+  return task, trainer

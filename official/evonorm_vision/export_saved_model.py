@@ -1,7 +1,8 @@
-r"""Exports a trained classifier as a SavedModel (Model Garden's export).
+r"""Exports a trained model as a SavedModel (Model Garden's export).
 
-Serves ``{logits, probs}`` from ``image_tensor`` (uint8 [batch, H, W, 3]),
-``image_bytes`` (encoded images) or ``tf_example`` (serialized examples)
+Classifiers serve ``{logits, probs}``, Mask R-CNN detections (boxes, scores,
+classes, masks, num_detections), from ``image_tensor`` (uint8 [batch, H, W,
+3]), ``image_bytes`` (encoded images) or ``tf_example`` (serialized examples)
 inputs, with Model Garden's preprocessing.
 
   python -m evonorm_vision.export_saved_model \
@@ -13,6 +14,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 from official.core import exp_factory
+from official.core import task_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
@@ -32,17 +34,29 @@ def load_params(name, config_files=(), params_override="",
                                               is_strict=True)
   params.validate()
   params.lock()
+  experiment.check_layer_name(params)
   return params
 
 
 def export(params, checkpoint_path, export_dir, input_type="image_tensor",
            input_image_size=None, batch_size=None):
-  """Writes the SavedModel (and params.yaml) to ``export_dir``; returns it."""
+  """Writes the SavedModel (and params.yaml) to ``export_dir``; returns it.
+
+  The serving module is the task class's ``export_module`` where it has one
+  (Mask R-CNN with registry norms), else Model Garden's for the task.
+  """
   size = [int(s) for s in (input_image_size or
                            params.task.model.input_size[:2])]
+  module_cls = getattr(task_factory.get_task_cls(type(params.task)),
+                       "export_module", None)
+  module = None
+  if module_cls is not None:
+    module = module_cls(params=params, batch_size=batch_size,
+                        input_image_size=size, input_type=input_type)
   export_saved_model_lib.export_inference_graph(
       input_type=input_type, batch_size=batch_size, input_image_size=size,
-      params=params, checkpoint_path=checkpoint_path, export_dir=export_dir)
+      params=params, checkpoint_path=checkpoint_path, export_dir=export_dir,
+      export_module=module)
   return export_dir
 
 

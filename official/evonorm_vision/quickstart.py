@@ -35,7 +35,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from tensorflow.core.util import event_pb2
-from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from tqdm import tqdm
@@ -128,12 +127,9 @@ def train_and_evaluate(params, model_dir: str, desc: str = "training",
   tf.io.gfile.makedirs(model_dir)
   train_utils.serialize_config(params, model_dir)
   with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
-    with strategy.scope():
-      task = task_factory.get_task(params.task, logging_dir=model_dir)
-      trainer = train_utils.create_trainer(
-          params, task, train=True, evaluate=True,
-          checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
-              params, model_dir))
+    with cli.user_errors():
+      task, trainer = experiment.make_task_and_trainer(
+          params, strategy, "train_and_eval", model_dir)
     progress = _Progress(trainer, params.trainer.train_steps, desc)
     try:
       _, logs = train_lib.run_experiment(

@@ -11,3 +11,6 @@ from official.vision import registry_imports
 from evonorm_vision import backbones
 from evonorm_vision import tasks
 from evonorm_vision.configs import image_classification
+# Mask R-CNN (package evonorm_detection, under detection/): its experiments
+# run from the same entry points.
+from evonorm_detection import registry_imports as detection_registry_imports

@@ -21,7 +21,6 @@ task.validation_data.tfds_data_dir=gs://bucket/tfds
 from absl import app
 from absl import flags
 from official.common import flags as tfm_flags
-from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
@@ -37,15 +36,19 @@ def main(_):
     params = experiment.parse(FLAGS)
     experiment.check_inputs(params, FLAGS.mode)
     strategy = experiment.make_strategy(params)
+    if params.runtime.mixed_precision_dtype:
+      performance.set_mixed_precision_policy(
+          params.runtime.mixed_precision_dtype)
+    # Building the model checks what only a built model can tell (e.g. a
+    # `groups` that does not fit a width, with the fallback off).
+    task, trainer = experiment.make_task_and_trainer(params, strategy,
+                                                     FLAGS.mode,
+                                                     FLAGS.model_dir)
   if "train" in FLAGS.mode:
     train_utils.serialize_config(params, FLAGS.model_dir)
-  if params.runtime.mixed_precision_dtype:
-    performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
-  with strategy.scope():
-    task = task_factory.get_task(params.task, logging_dir=FLAGS.model_dir)
   train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=FLAGS.mode,
-      params=params, model_dir=FLAGS.model_dir)
+      params=params, model_dir=FLAGS.model_dir, trainer=trainer)
 
 
 def run():

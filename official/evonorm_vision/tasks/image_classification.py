@@ -68,6 +68,11 @@ def check_data_available(data_config, split: str):
 class ImageClassificationTask(mg_task.ImageClassificationTask):
   """Model Garden's classification task; fails early on bad input config."""
 
+  @staticmethod
+  def check_data(task_config, data_config, split: str):
+    del task_config
+    check_data_available(data_config, split)
+
   def build_inputs(self, params, input_context=None):
     split = "train_data" if params.is_training else "validation_data"
     check_data_available(params, split)

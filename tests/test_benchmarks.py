@@ -1,0 +1,45 @@
+"""The README's benchmark commands, shrunken (same code paths, tiny sizes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *flags, timeout=600):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bench", script), *flags],
+      capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_norm_act_overhead(tmp_path, policy):
+  output = tmp_path / "rows.json"
+  result = _run("norm_act_overhead.py", "--layers=evonorm_b0,keras_bn_relu",
+                "--models=resnet_v2_50", "--image_size=32", "--batch_size=2",
+                "--rounds=1", "--steps_per_round=2", "--warmup_steps=1",
+                f"--policy={policy}", f"--json_output={output}")
+  rows = json.loads(output.read_text())["rows"]
+  assert [r["layer"] for r in rows] == ["bn_relu", "evonorm_b0",
+                                        "keras_bn_relu"]
+  assert rows[0]["time_ratio"] == 1.0 and rows[0]["memory_ratio"] == 1.0
+  assert all(r["median_step_ms"] > 0 and r["peak_step_mib"] > 0
+             for r in rows)
+  assert f"policy {policy}" in result.stdout
+  assert "| resnet_v2_50 | evonorm_b0 |" in result.stdout
+
+
+def test_search_throughput(tmp_path):
+  output = tmp_path / "throughput.json"
+  _run("search_throughput.py", "--random_layers=3",
+       "--reference_layers=evonorm_b0", "--workers=1", "--anchors=resnet",
+       "--quality_steps=2", "--train_steps=4", "--stability_steps=2",
+       "--dataset=digits", f"--output_dir={tmp_path / 'search'}",
+       f"--json_output={output}", timeout=900)
+  assert output.exists() and json.loads(output.read_text())

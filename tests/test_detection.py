@@ -1,0 +1,284 @@
+"""Mask R-CNN with registry norms: census per component, Table 5 layers,
+per-RoI fc norms, synchronized heads, the entry point, export and the
+quickstart, on generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+
+import evonorm_layers
+from evonorm_detection import heads
+from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
+from evonorm_detection.data import shapes
+from evonorm_vision import export_saved_model
+from tests.conftest import NUM_LOGICAL_CPUS
+
+QUICKSTART = "evonorm_maskrcnn_shapes_quickstart"
+TABLE5_LAYERS = ["bn_relu", "bn_silu", "gn_relu", "evonorm_b0", "evonorm_s0"]
+COMPONENTS = ("backbone", "decoder", "rpn_head", "detection_head",
+              "mask_head")
+# Tiny training: batches of 2, checkpoints every 2 steps.
+FAST = ("task.train_data.global_batch_size=2,"
+        "task.validation_data.global_batch_size=2,"
+        "trainer.steps_per_loop=2,trainer.checkpoint_interval=2,"
+        "trainer.summary_interval=2,trainer.validation_steps=2,"
+        "trainer.validation_interval=2")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("shapes"))
+  shapes.write_shapes_dataset(path, {"train": 8, "val": 4})
+  return path
+
+
+def _data_override(data_dir):
+  return (f"task.train_data.input_path={shapes.file_pattern(data_dir, 'train')},"
+          "task.validation_data.input_path="
+          f"{shapes.file_pattern(data_dir, 'val')},"
+          f"task.annotation_file={shapes.annotation_file(data_dir, 'val')}")
+
+
+def _norms(component):
+  """The norm layers of a component (a layer, or a list: detection heads)."""
+  parts = component if isinstance(component, (list, tuple)) or hasattr(
+      component, "_storage") else [component]
+  return [l for part in parts
+          for l in part._flatten_layers(include_self=False)  # pylint: disable=protected-access
+          if evonorm_layers.is_normalization_layer(l)]
+
+
+def _build(name, overrides):
+  params = exp_factory.get_exp_config(name)
+  params = hyperparams.override_params_dict(params, overrides, is_strict=True)
+  return params, task_factory.get_task(params.task).build_model()
+
+
+@pytest.mark.parametrize("layer", ["evonorm_b0", "evonorm_s0"])
+@pytest.mark.parametrize("name, overrides", [
+    ("evonorm_maskrcnn_r50fpn_coco", "task.model.input_size=[128,128,3]"),
+    ("evonorm_maskrcnn_spinenet96_coco",
+     "task.model.input_size=[128,128,3],"
+     "task.model.backbone.evonorm_spinenet.model_id=49"),
+], ids=["r50_fpn", "spinenet49"])
+def test_census_per_component(name, overrides, layer):
+  params, model = _build(name, f"{overrides},"
+                         f"task.model.norm_activation.type={layer}")
+  expected = evonorm_layers.get_norm_activation_factory(layer)
+  for component in COMPONENTS:
+    part = getattr(model, component)
+    if part is None:  # SpineNet has no decoder (Model Garden's "identity")
+      assert component == "decoder" and "spinenet" in name
+      continue
+    norms = _norms(part)
+    assert norms, component
+    assert all(type(n) is expected for n in norms), (
+        component, {type(n).__name__ for n in norms})
+    assert all(n.built for n in norms), component
+  # Sites without an activation: FPN outputs, SpineNet's last resample 1x1,
+  # the last norm of residual branches and shortcuts.
+  if model.decoder is not None:
+    assert not any(n.nonlinearity for n in _norms(model.decoder))
+  assert any(not n.nonlinearity for n in _norms(model.backbone))
+  for component in ("rpn_head", "detection_head", "mask_head"):
+    assert all(n.nonlinearity for n in _norms(getattr(model, component)))
+  assert params.task.model.norm_activation.type == layer
+
+
+@pytest.mark.parametrize("layer", TABLE5_LAYERS)
+def test_forward_and_backward_with_each_table5_layer(layer, shapes_dir):
+  params = export_saved_model.load_params(
+      QUICKSTART, (), f"{FAST},{_data_override(shapes_dir)},"
+      f"task.model.norm_activation.type={layer}")
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  images, labels = next(iter(task.build_inputs(params.task.train_data)))
+  with tf.GradientTape() as tape:
+    outputs = model(images, image_shape=labels["image_info"][:, 1, :],
+                    anchor_boxes=labels["anchor_boxes"],
+                    gt_boxes=labels["gt_boxes"],
+                    gt_classes=labels["gt_classes"],
+                    gt_masks=labels["gt_masks"], training=True)
+    losses = task.build_losses(outputs, labels, aux_losses=model.losses)
+  grads = tape.gradient(losses["total_loss"], model.trainable_variables)
+  assert np.isfinite(losses["total_loss"].numpy())
+  assert all(np.isfinite(losses[k].numpy()) for k in (
+      "rpn_score_loss", "frcnn_cls_loss", "mask_loss"))
+  missing = [v.name for v, g in zip(model.trainable_variables, grads)
+             if g is None]
+  assert not missing, missing[:10]
+  assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("layer", ["evonorm_b0", "evonorm_s0", "bn_relu",
+                                   "gn_relu"])
+def test_padded_rois_do_not_change_real_rois(layer):
+  """Each RoI is its own instance in the fc norms: appending padding RoIs
+  (zeros, as the RoI generator pads) leaves the real RoIs' outputs as they
+  are, in inference for every layer and in training for batch-independent
+  ones."""
+  head = heads.DetectionHead(
+      num_classes=3, num_convs=1, num_filters=8, num_fcs=2, fc_dims=16,
+      norm_activation={"type": layer, "groups": 4})
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(2, 5, 7, 7, 8)).astype(np.float32)
+  padded = np.concatenate([real, np.zeros((2, 3, 7, 7, 8), np.float32)], 1)
+  trainings = [False] if evonorm_layers.get_norm_activation_factory(
+      layer).batch_dependent else [False, True]
+  head(real, training=True)  # builds and moves the moving statistics
+  for training in trainings:
+    alone = head(real, training=training)
+    with_padding = head(padded, training=training)
+    for a, b in zip(alone, with_padding):
+      np.testing.assert_allclose(b[:, :5], a, rtol=1e-5, atol=1e-6)
+  norms = _norms(head)
+  fc_norms = [n for n in norms if "fc" in n.name]
+  assert fc_norms and all(n.layout.rank == 2 for n in fc_norms)
+
+
+def test_synchronized_b0_head_equals_one_device_on_the_full_batch():
+  strategy = tf.distribute.MirroredStrategy(
+      [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)])
+  args = dict(num_classes=3, num_convs=2, num_filters=8, upsample_factor=2)
+  with strategy.scope():
+    synced = heads.MaskHead(norm_activation={"type": "evonorm_b0",
+                                             "synchronized": True}, **args)
+  single = heads.MaskHead(norm_activation={"type": "evonorm_b0"}, **args)
+  rng = np.random.default_rng(1)
+  per_replica = 2
+  features = rng.normal(size=(per_replica * NUM_LOGICAL_CPUS, 3, 6, 6, 8))
+  classes = rng.integers(0, 3, (per_replica * NUM_LOGICAL_CPUS, 3))
+  features, classes = features.astype(np.float32), classes.astype(np.int32)
+  single([features, classes], training=True)
+  with strategy.scope():
+    strategy.run(lambda: synced([features[:per_replica],
+                                 classes[:per_replica]], training=True))
+  for v in synced.weights:
+    v.assign(next(w for w in single.weights
+                  if w.name.split("/", 1)[1] == v.name.split("/", 1)[1]))
+
+  def shard(array):
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group *
+                                      per_replica:(ctx.replica_id_in_sync_group
+                                                   + 1) * per_replica]))
+
+  @tf.function
+  def step(x, c):
+    return strategy.run(lambda x, c: synced([x, c], training=True),
+                        args=(x, c))
+
+  got = np.concatenate([v.numpy() for v in
+                        step(shard(features), shard(classes)).values])
+  want = single([features, classes], training=True).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert all(n.synchronized for n in _norms(synced))
+
+
+def _train(model_dir, overrides, mode="train_and_eval"):
+  return subprocess.run(
+      [sys.executable, "-m", "evonorm_vision.train",
+       f"--experiment={QUICKSTART}", f"--mode={mode}",
+       f"--model_dir={model_dir}", f"--params_override={overrides}"],
+      capture_output=True, text=True, timeout=900, check=False)
+
+
+def _latest_step(model_dir):
+  latest = tf.train.latest_checkpoint(model_dir)
+  return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def test_entry_point_trains_evaluates_resumes_and_exports(shapes_dir,
+                                                          tmp_path):
+  model_dir = str(tmp_path / "model")
+  base = f"{FAST},{_data_override(shapes_dir)}"
+  first = _train(model_dir, f"{base},trainer.train_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert _latest_step(model_dir) == 2
+  # Started again with more steps, the run resumes from its checkpoint.
+  second = _train(model_dir, f"{base},trainer.train_steps=4")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert _latest_step(model_dir) == 4
+  assert "restored from checkpoint" in second.stdout + second.stderr
+  summaries = tf.io.gfile.glob(os.path.join(model_dir, "validation",
+                                            "events.*"))
+  assert summaries
+  tags = set()
+  for path in summaries:
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      tags |= {v.tag for v in event.summary.value}
+  assert {"AP", "AP50", "mask_AP", "mask_AP50"} <= tags, tags
+  with open(os.path.join(model_dir, "params.yaml")) as f:
+    assert "evonorm_b0" in f.read()
+
+  params = export_saved_model.load_params(QUICKSTART, (), base)
+  export_dir = str(tmp_path / "export")
+  export_saved_model.export(params, model_dir, export_dir)
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  (input_name,) = served.structured_input_signature[1]
+  images = np.random.default_rng(2).integers(0, 255, (2, 128, 128, 3),
+                                             np.uint8)
+  outputs = served(**{input_name: tf.constant(images)})
+  detections = params.task.model.detection_generator.max_num_detections
+  assert outputs["detection_boxes"].shape == (2, detections, 4)
+  assert outputs["detection_scores"].shape == (2, detections)
+  assert outputs["detection_classes"].shape == (2, detections)
+  assert outputs["num_detections"].shape == (2,)
+  mask_size = (params.task.model.mask_roi_aligner.crop_size *
+               params.task.model.mask_head.upsample_factor)
+  assert outputs["detection_masks"].shape == (2, detections, mask_size,
+                                              mask_size)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.train_data.input_path=/nonexistent/train-*",
+     r"No files match task.train_data.input_path='/nonexistent/train-\*'.*"
+     r"create_coco_tf_record.py"),
+    ("task.annotation_file=/nonexistent/instances_val.json",
+     r"task.annotation_file='/nonexistent/instances_val.json' does not "
+     r"exist"),
+    ("task.model.norm_activation.type=evonorm_s0,"
+     "task.model.norm_activation.allow_group_fallback=false,"
+     "task.model.norm_activation.groups=12",
+     r"groups=12 does not divide"),
+])
+def test_bad_input_is_one_line_before_training(shapes_dir, tmp_path,
+                                               override, message):
+  result = _train(str(tmp_path), f"{FAST},{_data_override(shapes_dir)},"
+                  f"trainer.train_steps=2,{override}")
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert __import__("re").search(message, errors[0]), errors[0]
+  assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
+
+
+def test_quickstart(tmp_path):
+  """The README's detection quickstart, shrunken to a few steps."""
+  workdir = str(tmp_path / "quickstart")
+  result = subprocess.run(
+      [sys.executable, "-m", "evonorm_detection.quickstart",
+       f"--workdir={workdir}", "--epochs=1",
+       "--params_override=task.train_data.global_batch_size=64,"
+       "trainer.steps_per_loop=2,trainer.validation_steps=2"],
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = [l for l in result.stdout.splitlines()
+         if l.startswith("| evonorm_b0 |")]
+  assert len(row) == 1, result.stdout
+  cells = [c.strip() for c in row[0].strip("|").split("|")]
+  assert -1.0 <= float(cells[1]) <= 1.0 and -1.0 <= float(cells[2]) <= 1.0
+  assert os.path.getsize(os.path.join(workdir, "predictions.png")) > 0
+  with open(shapes.annotation_file(os.path.join(workdir, "data"))) as f:
+    annotations = json.load(f)
+  assert len(annotations["images"]) == shapes.SPLITS["val"]
