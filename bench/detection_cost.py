@@ -52,6 +52,8 @@ LAYERS = ["bn_relu", "bn_silu", "gn_relu", "evonorm_b0", "evonorm_s0"]
 MODELS = {
     "r50_fpn": ("evonorm_maskrcnn_r50fpn_coco", ""),
     "spinenet96": ("evonorm_maskrcnn_spinenet96_coco", ""),
+    # The detection quickstart's narrow ResNet-18-FPN (fast to count).
+    "shapes_quickstart": ("evonorm_maskrcnn_shapes_quickstart", ""),
 }
 # Paper, Table 5: (MAdds in billions, parameters in millions).
 PAPER = {
@@ -69,8 +71,8 @@ PAPER = {
 _MATMUL_OPS = ("Conv2D", "Conv2DBackpropInput", "DepthwiseConv2dNative",
                "MatMul", "BatchMatMul", "BatchMatMulV2", "Einsum")
 
-_MODELS = flags.DEFINE_list("models", sorted(MODELS), "Among "
-                            f"{sorted(MODELS)}.")
+_MODELS = flags.DEFINE_list("models", ["r50_fpn", "spinenet96"],
+                            f"Among {sorted(MODELS)}.")
 _LAYERS = flags.DEFINE_list("layers", LAYERS, "Registered layer names.")
 _SIZE = flags.DEFINE_integer("image_size", 1024, "Input size for MAdds.")
 _STEP_TIME = flags.DEFINE_bool("step_time", False, "Also time training "

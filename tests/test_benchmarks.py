@@ -43,3 +43,26 @@ def test_search_throughput(tmp_path):
        "--dataset=digits", f"--output_dir={tmp_path / 'search'}",
        f"--json_output={output}", timeout=900)
   assert output.exists() and json.loads(output.read_text())
+
+
+def test_detection_cost():
+  """MAdds/params and training-step time, on the quickstart's narrow model
+  (counting Table 5's full models takes minutes per layer)."""
+  result = _run("detection_cost.py", "--models=shapes_quickstart",
+                "--layers=bn_relu", "--image_size=128", "--step_time",
+                "--step_image_size=128", "--rounds=1", "--steps_per_round=1",
+                timeout=900)
+  assert "| shapes_quickstart | bn_relu |" in result.stdout
+  rows = [l for l in result.stdout.splitlines()
+          if l.startswith("| shapes_quickstart | bn_relu |")]
+  assert len(rows) == 2  # the cost table and the step-time table
+  madds = float(rows[0].split("|")[3])
+  assert madds > 0
+
+
+def test_gan_step_time():
+  result = _run("gan_step_time.py", "--layers=evonorm_b0", "--resolution=32",
+                "--ch=4", "--batch_size=2", "--rounds=1",
+                "--steps_per_round=1")
+  assert "| bn_relu |" in result.stdout and "| evonorm_b0 |" in result.stdout
+  assert "1.00x" in result.stdout

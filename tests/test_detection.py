@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 from official.core import exp_factory
 from official.core import task_factory
 from official.modeling import hyperparams
@@ -96,11 +95,28 @@ def test_census_per_component(name, overrides, layer):
 
 @pytest.mark.parametrize("layer", TABLE5_LAYERS)
 def test_forward_and_backward_with_each_table5_layer(layer, shapes_dir):
+  """A training step of a small Mask R-CNN with every Table 5 layer, with
+  the backbone's norms frozen (``bn_trainable: false``, the usual
+  fine-tuning setup) and weight decay on kernels only."""
   params = export_saved_model.load_params(
       QUICKSTART, (), f"{FAST},{_data_override(shapes_dir)},"
-      f"task.model.norm_activation.type={layer}")
+      f"task.model.norm_activation.type={layer},"
+      "task.model.backbone.evonorm_resnet.bn_trainable=false")
   task = task_factory.get_task(params.task)
   model = task.build_model()
+  backbone_norms = _norms(model.backbone)
+  assert backbone_norms and not any(n.trainable for n in backbone_norms)
+  trainable = {id(v) for v in model.trainable_variables}
+  assert not any(id(v) in trainable for n in backbone_norms
+                 for v in n.weights)
+  assert all(n.trainable for c in COMPONENTS[1:]
+             for n in _norms(getattr(model, c)))
+  # L2 weight decay: one loss per convolution / dense kernel, none on norms.
+  kernels = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+             if getattr(l, "kernel_regularizer", None) is not None]
+  assert kernels and len(model.losses) == len(kernels)
+  assert not any(isinstance(l, evonorm_layers.NormActivation)
+                 for l in kernels)
   images, labels = next(iter(task.build_inputs(params.task.train_data)))
   with tf.GradientTape() as tape:
     outputs = model(images, image_shape=labels["image_info"][:, 1, :],
@@ -197,47 +213,27 @@ def _latest_step(model_dir):
   return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-def test_entry_point_trains_evaluates_resumes_and_exports(shapes_dir,
-                                                          tmp_path):
+def test_entry_point_trains_evaluates_and_resumes(shapes_dir, tmp_path):
   model_dir = str(tmp_path / "model")
   base = f"{FAST},{_data_override(shapes_dir)}"
   first = _train(model_dir, f"{base},trainer.train_steps=2")
   assert first.returncode == 0, first.stderr[-3000:]
   assert _latest_step(model_dir) == 2
-  # Started again with more steps, the run resumes from its checkpoint.
-  second = _train(model_dir, f"{base},trainer.train_steps=4")
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert _latest_step(model_dir) == 4
-  assert "restored from checkpoint" in second.stdout + second.stderr
-  summaries = tf.io.gfile.glob(os.path.join(model_dir, "validation",
-                                            "events.*"))
-  assert summaries
   tags = set()
-  for path in summaries:
+  for path in tf.io.gfile.glob(os.path.join(model_dir, "*", "events.*")):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       tags |= {v.tag for v in event.summary.value}
-  assert {"AP", "AP50", "mask_AP", "mask_AP50"} <= tags, tags
+  # COCO box and mask metrics from Model Garden's evaluator, and the losses.
+  assert {"AP", "AP50", "APs", "ARmax100", "mask_AP", "mask_AP50",
+          "total_loss", "mask_loss", "frcnn_cls_loss"} <= tags, tags
   with open(os.path.join(model_dir, "params.yaml")) as f:
     assert "evonorm_b0" in f.read()
-
-  params = export_saved_model.load_params(QUICKSTART, (), base)
-  export_dir = str(tmp_path / "export")
-  export_saved_model.export(params, model_dir, export_dir)
-  served = tf.saved_model.load(export_dir).signatures["serving_default"]
-  (input_name,) = served.structured_input_signature[1]
-  images = np.random.default_rng(2).integers(0, 255, (2, 128, 128, 3),
-                                             np.uint8)
-  outputs = served(**{input_name: tf.constant(images)})
-  detections = params.task.model.detection_generator.max_num_detections
-  assert outputs["detection_boxes"].shape == (2, detections, 4)
-  assert outputs["detection_scores"].shape == (2, detections)
-  assert outputs["detection_classes"].shape == (2, detections)
-  assert outputs["num_detections"].shape == (2,)
-  mask_size = (params.task.model.mask_roi_aligner.crop_size *
-               params.task.model.mask_head.upsample_factor)
-  assert outputs["detection_masks"].shape == (2, detections, mask_size,
-                                              mask_size)
+  # Started again with more steps, the run resumes from its checkpoint.
+  second = _train(model_dir, f"{base},trainer.train_steps=4", mode="train")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert _latest_step(model_dir) == 4
+  assert "restored from checkpoint" in second.stdout + second.stderr
 
 
 @pytest.mark.parametrize("override, message", [
@@ -263,8 +259,10 @@ def test_bad_input_is_one_line_before_training(shapes_dir, tmp_path,
   assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
 
 
-def test_quickstart(tmp_path):
-  """The README's detection quickstart, shrunken to a few steps."""
+def test_quickstart_trains_evaluates_exports_and_draws(tmp_path):
+  """The README's detection quickstart, shrunken to a few steps; its
+  SavedModel (Model Garden's detection serving module) reloads and returns
+  detections of the right shapes."""
   workdir = str(tmp_path / "quickstart")
   result = subprocess.run(
       [sys.executable, "-m", "evonorm_detection.quickstart",
@@ -279,6 +277,24 @@ def test_quickstart(tmp_path):
   cells = [c.strip() for c in row[0].strip("|").split("|")]
   assert -1.0 <= float(cells[1]) <= 1.0 and -1.0 <= float(cells[2]) <= 1.0
   assert os.path.getsize(os.path.join(workdir, "predictions.png")) > 0
+  assert "train | step" not in result.stdout  # logs go to train.log
   with open(shapes.annotation_file(os.path.join(workdir, "data"))) as f:
-    annotations = json.load(f)
-  assert len(annotations["images"]) == shapes.SPLITS["val"]
+    assert len(json.load(f)["images"]) == shapes.SPLITS["val"]
+
+  params = export_saved_model.load_params(QUICKSTART, (), "")
+  served = tf.saved_model.load(os.path.join(
+      workdir, "export", "evonorm_b0")).signatures["serving_default"]
+  (input_name,) = served.structured_input_signature[1]
+  images = np.random.default_rng(2).integers(0, 255, (2, 128, 128, 3),
+                                             np.uint8)
+  outputs = served(**{input_name: tf.constant(images)})
+  detections = params.task.model.detection_generator.max_num_detections
+  mask_size = (params.task.model.mask_roi_aligner.crop_size *
+               params.task.model.mask_head.upsample_factor)
+  assert outputs["detection_boxes"].shape == (2, detections, 4)
+  assert outputs["detection_scores"].shape == (2, detections)
+  assert outputs["detection_classes"].shape == (2, detections)
+  assert outputs["num_detections"].shape == (2,)
+  assert outputs["detection_masks"].shape == (2, detections, mask_size,
+                                              mask_size)
+  assert outputs["image_info"].shape == (2, 4, 2)

@@ -30,7 +30,7 @@ import tf_keras
 from evonorm_detection.data import shapes
 from evonorm_layers import cli
 from evonorm_vision import export_saved_model
-from evonorm_vision import quickstart as vision_quickstart
+from evonorm_vision import run_training
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENT = "evonorm_maskrcnn_shapes_quickstart"
@@ -127,10 +127,10 @@ def run(layer: str, workdir: str, epochs: int, params_override: str = "",
   shapes.write_shapes_dataset(data_dir)
   model_dir = os.path.join(workdir, layer)
   tf_keras.backend.clear_session()
-  logs = vision_quickstart.train_and_evaluate(params, model_dir, desc=layer,
+  logs = run_training.train_and_evaluate(params, model_dir, desc=layer,
                                               verbose=verbose)
   export_dir = os.path.join(workdir, "export", layer)
-  with vision_quickstart.logs_to(
+  with run_training.logs_to(
       None if verbose else os.path.join(model_dir, "train.log")):
     export_saved_model.export(params, model_dir, export_dir)
   served = tf.saved_model.load(export_dir).signatures["serving_default"]

@@ -1,0 +1,80 @@
+"""Training images and labels for the GAN, as a ``tf.data`` pipeline.
+
+``source: tfds`` reads a prepared TFDS dataset (ImageNet is
+``imagenet2012``; any TFDS image dataset with a label feature works) from
+``tfds_data_dir``; nothing is downloaded. ``source: digits`` uses the 8x8
+digits scikit-learn ships, offline. Images are resized (shorter side, area
+filter) and center-cropped to the generator's resolution, scaled to
+[-1, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+def check_available(data_config):
+  """Raises a clear error if the configured dataset is not there."""
+  if data_config.source == "digits":
+    return
+  if data_config.source != "tfds":
+    raise ValueError(f"data.source={data_config.source!r}: use 'tfds' or "
+                     "'digits'.")
+  builder = tfds.builder(data_config.tfds_name,
+                         data_dir=data_config.tfds_data_dir or None)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"TFDS dataset {data_config.tfds_name!r} (data.tfds_name) is not "
+        f"prepared in {builder.data_dir!r}. Prepare it once where it can be "
+        f"downloaded (`tfds build {data_config.tfds_name} --data_dir=DIR`; "
+        "ImageNet needs its archives in DIR/downloads/manual first) and pass "
+        "data.tfds_data_dir=DIR. Nothing is downloaded at run time.")
+
+
+def resize_and_crop(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  """Shorter side to ``resolution``, center crop, float in [-1, 1]."""
+  image = tf.cast(image, tf.float32)
+  if image.shape.rank == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resolution / tf.reduce_min(shape)
+  size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+  image = tf.image.resize(image, size, method="area", antialias=True)
+  image = tf.image.resize_with_crop_or_pad(image, resolution, resolution)
+  return image / 127.5 - 1.0
+
+
+def digits_arrays():
+  """scikit-learn's 1797 digits as uint8 8x8 images (0..255) and labels."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  return images, digits.target.astype(np.int32)
+
+
+def dataset(data_config, resolution: int, batch_size: int,
+            input_context: tf.distribute.InputContext | None = None,
+            seed: int | None = None) -> tf.data.Dataset:
+  """Infinite, shuffled batches of ``(images [-1, 1], labels int32)``."""
+  if data_config.source == "digits":
+    images, labels = digits_arrays()
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+  else:
+    ds = tfds.load(data_config.tfds_name, split=data_config.split,
+                   data_dir=data_config.tfds_data_dir or None,
+                   download=False, shuffle_files=True)
+    ds = ds.map(lambda ex: (ex[data_config.image_key],
+                            ex[data_config.label_key]))
+  if input_context is not None:
+    ds = ds.shard(input_context.num_input_pipelines,
+                  input_context.input_pipeline_id)
+  ds = ds.shuffle(data_config.shuffle_buffer_size, seed=seed).repeat()
+  ds = ds.map(lambda image, label: (resize_and_crop(image, resolution),
+                                    tf.cast(label, tf.int32)),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(
+      tf.data.AUTOTUNE)

@@ -1,0 +1,167 @@
+r"""Trains, evaluates and exports BigGAN-deep: ``python -m evonorm_gan.train``.
+
+Model Garden-style flags: ``--experiment`` (``evonorm_biggan_deep_*``),
+``--config_file`` (YAML, repeatable), ``--params_override``, ``--model_dir``,
+``--mode``:
+
+* ``train``: trains to ``trainer.train_steps`` generator steps, resuming from
+  the latest checkpoint in ``--model_dir``;
+* ``eval``: standing statistics for the EMA generator, IS and FID against
+  the data (``evaluation.inception_path``), a sample grid PNG and
+  ``eval.json`` in ``--model_dir``;
+* ``train_and_eval``: both; ``--export_dir`` also writes the EMA generator as
+  a SavedModel (``evonorm_gan.export``).
+
+  python -m evonorm_gan.train --experiment=evonorm_biggan_deep_imagenet128 \
+    --mode=train --model_dir=gs://BUCKET/biggan_b0 \
+    --config_file=official/configs/experiments/biggan_deep_imagenet128_evonorm_b0_tpu.yaml \
+    --params_override=runtime.tpu=TPU_NAME,data.tfds_data_dir=gs://BUCKET/tfds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+from official.common import distribute_utils
+from official.core import exp_factory
+from official.modeling import hyperparams
+from official.modeling import performance
+
+import evonorm_layers
+from evonorm_gan import configs  # noqa: F401  (registers the experiments)
+from evonorm_gan import data as data_lib
+from evonorm_gan import evaluation
+from evonorm_gan import export
+from evonorm_gan import models
+from evonorm_gan import trainer as trainer_lib
+from evonorm_layers import cli
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+MODES = ("train", "eval", "train_and_eval")
+
+
+def load_config(experiment: str, config_files=(), params_override: str = ""):
+  """The experiment's config after YAML files and overrides, checked."""
+  if not experiment.startswith("evonorm_biggan") or (
+      experiment not in exp_factory._REGISTERED_CONFIGS):  # pylint: disable=protected-access
+    names = sorted(n for n in exp_factory._REGISTERED_CONFIGS  # pylint: disable=protected-access
+                   if n.startswith("evonorm_biggan"))
+    raise ValueError(f"Unknown GAN experiment {experiment!r}. Valid: "
+                     f"{', '.join(names)}.")
+  config = exp_factory.get_exp_config(experiment)
+  for path in config_files or ():
+    config = hyperparams.override_params_dict(config, path, is_strict=True)
+  if params_override:
+    config = hyperparams.override_params_dict(config, params_override,
+                                              is_strict=True)
+  config.validate()
+  config.lock()
+  evonorm_layers.registry.resolve_name(config.norm_activation.type)
+  models.check_resolution(config.generator.resolution)
+  return config
+
+
+def make_strategy(config) -> tf.distribute.Strategy:
+  runtime = config.runtime
+  strategy = distribute_utils.get_distribution_strategy(
+      distribution_strategy=runtime.distribution_strategy,
+      all_reduce_alg=runtime.all_reduce_alg, num_gpus=runtime.num_gpus,
+      tpu_address=runtime.tpu)
+  replicas = strategy.num_replicas_in_sync
+  batch = config.data.global_batch_size
+  if batch <= 0 or batch % replicas:
+    raise ValueError(
+        f"data.global_batch_size={batch} is not divisible by the {replicas} "
+        f"replicas of the distribution strategy; use a multiple of "
+        f"{replicas}.")
+  return strategy
+
+
+def reference_images(config, num: int) -> np.ndarray:
+  """``num`` real training images (uint8) for FID."""
+  batch = min(num, 250)
+  iterator = iter(data_lib.dataset(config.data, config.generator.resolution,
+                                   batch, seed=1234))
+  images = []
+  while sum(len(x) for x in images) < num:
+    images.append(evaluation.to_uint8(next(iterator)[0].numpy()))
+  return np.concatenate(images)[:num]
+
+
+def evaluate(trainer, config, model_dir: str, classifier=None,
+             real_images=None) -> dict:
+  """Standing statistics, IS/FID of the EMA generator, a sample grid."""
+  ev = config.evaluation
+  classifier = classifier or evaluation.Classifier(ev.inception_path)
+  if real_images is None:
+    real_images = reference_images(config, ev.num_samples)
+  results = evaluation.evaluate(
+      trainer.ema_generator, classifier, real_images, ev.num_samples,
+      ev.batch_size, config.data.num_classes, ev.truncation or None,
+      ev.standing_statistics_batches)
+  step = int(trainer.step.numpy())
+  results["step"] = step
+  evaluation.save_png(trainer.sample_grid(truncation=ev.truncation or None),
+                      os.path.join(model_dir, f"samples_step{step}.png"))
+  with tf.io.gfile.GFile(os.path.join(model_dir, "eval.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+  with writer.as_default(step=step):
+    tf.summary.scalar("IS", results["IS"])
+    tf.summary.scalar("FID", results["FID"])
+  writer.flush()
+  return results
+
+
+def main(_):
+  f = flags.FLAGS
+  with cli.user_errors():  # bad input: one line, before any work
+    config = load_config(f.experiment, f.config_file, f.params_override)
+    data_lib.check_available(config.data)
+    if "eval" in f.mode and not config.evaluation.inception_path:
+      evaluation.Classifier(config.evaluation.inception_path)  # the error
+    if config.runtime.mixed_precision_dtype:
+      performance.set_mixed_precision_policy(
+          config.runtime.mixed_precision_dtype)
+    strategy = make_strategy(config)
+  tf.io.gfile.makedirs(f.model_dir)
+  with tf.io.gfile.GFile(os.path.join(f.model_dir, "params.yaml"), "w") as fp:
+    fp.write(json.dumps(config.as_dict(), indent=1))
+  trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
+  if "train" in f.mode:
+    logs = trainer.train(progress=f.progress, run_eagerly=f.run_eagerly)
+    print("train:", json.dumps(logs))
+  else:
+    trainer.restore()
+  if "eval" in f.mode:
+    print("eval:", json.dumps(evaluate(trainer, config, f.model_dir)))
+  if f.export_dir:
+    print("export:", export.export_generator(trainer.ema_generator,
+                                             f.export_dir))
+
+
+def define_flags():
+  flags.DEFINE_string("experiment", None, "A registered GAN experiment.")
+  flags.DEFINE_multi_string("config_file", None, "YAML files, in order.")
+  flags.DEFINE_string("params_override", "", "Overrides (a=b,c.d=e).")
+  flags.DEFINE_string("model_dir", None, "Checkpoints and summaries.")
+  flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+  flags.DEFINE_string("export_dir", None, "Also export the EMA generator.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  flags.DEFINE_bool("run_eagerly", False, "Run the training loop without "
+                    "compiling it (debugging; tracing it takes about a "
+                    "minute on a CPU).")
+  flags.mark_flags_as_required(["experiment", "model_dir"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

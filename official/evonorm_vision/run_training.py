@@ -1,0 +1,81 @@
+"""Runs an experiment with a progress bar and the logs kept in its model
+directory: what the quickstarts show a user instead of hundreds of lines of
+TensorFlow and trainer logs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from absl import logging
+import tensorflow as tf
+from official.core import train_lib
+from official.core import train_utils
+from tqdm import tqdm
+
+from evonorm_layers import cli
+from evonorm_vision import experiment
+
+
+@contextlib.contextmanager
+def logs_to(path: str | None):
+  """Sends absl/TensorFlow logs and the trainer's prints to ``path``."""
+  if path is None:
+    yield
+    return
+  handler = logging.get_absl_handler().python_handler
+  with open(path, "a") as log, contextlib.redirect_stdout(log):
+    stream, handler.stream = handler.stream, log
+    try:
+      yield
+    finally:
+      handler.stream = stream
+
+
+class _Progress:
+  """A progress bar fed by Model Garden's train and eval actions."""
+
+  def __init__(self, trainer, total: int, desc: str):
+    self.trainer = trainer
+    self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr,
+                    dynamic_ncols=True)
+    self.postfix = {}
+
+  def train(self, output):
+    self.bar.update(int(self.trainer.global_step.numpy()) - self.bar.n)
+    if "training_loss" in output:
+      self.postfix["loss"] = f"{float(output['training_loss']):.3f}"
+    self.bar.set_postfix(self.postfix)
+
+  def eval(self, output):
+    if "accuracy" in output:
+      self.postfix["val_acc"] = f"{float(output['accuracy']):.3f}"
+      self.bar.set_postfix(self.postfix)
+
+
+def train_and_evaluate(params, model_dir: str, desc: str = "training",
+                       verbose: bool = False) -> dict:
+  """Model Garden's train_and_eval with a progress bar; returns the final
+  evaluation logs."""
+  with cli.user_errors():
+    experiment.check_inputs(params, "train_and_eval")
+    strategy = experiment.make_strategy(params)
+  tf.io.gfile.makedirs(model_dir)
+  train_utils.serialize_config(params, model_dir)
+  with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
+    with cli.user_errors():
+      task, trainer = experiment.make_task_and_trainer(
+          params, strategy, "train_and_eval", model_dir)
+    progress = _Progress(trainer, params.trainer.train_steps, desc)
+    try:
+      _, logs = train_lib.run_experiment(
+          distribution_strategy=strategy, task=task, mode="train_and_eval",
+          params=params, model_dir=model_dir, run_post_eval=True,
+          trainer=trainer, train_actions=[progress.train],
+          eval_actions=[progress.eval])
+    finally:
+      progress.bar.close()
+  return logs
+
+

@@ -1,0 +1,317 @@
+"""BigGAN-deep: published parameter counts, every Table 6 layer training,
+synchronized statistics, standing statistics, IS/FID math against SciPy,
+Inception loaders, export, the entry point and the quickstart."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+import tensorflow as tf
+from official.common import distribute_utils
+
+import evonorm_layers
+from evonorm_gan import evaluation
+from evonorm_gan import export
+from evonorm_gan import models
+from evonorm_gan import train as train_lib
+from evonorm_gan import trainer as trainer_lib
+from tests.conftest import NUM_LOGICAL_CPUS
+
+TABLE6_LAYERS = ["bn_relu", "evonorm_b0", "evonorm_s0", "gn_relu", "ln_relu",
+                 "pixelnorm_relu"]
+DIGITS = "evonorm_biggan_deep_digits32"
+# Narrow and short: batches of 8, checkpoints every 2 steps.
+TINY = ("generator.ch=4,discriminator.ch=4,data.global_batch_size=8,"
+        "trainer.steps_per_loop=2,trainer.summary_interval=2,"
+        "trainer.checkpoint_interval=2,trainer.image_summary_interval=2,"
+        "evaluation.num_samples=40,evaluation.batch_size=20,"
+        "evaluation.standing_statistics_batches=2")
+
+
+def test_published_parameter_counts_at_128():
+  """BigGAN-deep 128, ch 128, 1000 classes, BN-ReLU: 50.4M (G), 34.6M (D)."""
+  g = models.build(models.Generator(128, 128, 1000, "bn_relu"))
+  d = models.build(models.Discriminator(128, 128, 1000))
+  assert abs(models.trainable_parameter_count(g) / 50.4e6 - 1) < 0.01
+  assert abs(models.trainable_parameter_count(d) / 34.6e6 - 1) < 0.01
+  # Every generator norm site takes the layer; blocks are conditional.
+  norms = g.norm_layers()
+  assert len(norms) == 10 * 4 + 1
+  assert all(type(n) is evonorm_layers.BatchNormReLU for n in norms)
+  assert sum(n.gamma is None for n in norms) == 40  # conditional affine
+
+
+@pytest.mark.parametrize("layer", TABLE6_LAYERS)
+def test_each_table6_layer_trains(layer, tmp_path):
+  """Two steps of the real training loop with each layer: compiled (as in
+  training) for EvoNorm-B0, eagerly for the others (tracing the loop takes
+  about a minute per layer on this CPU)."""
+  config = train_lib.load_config(
+      DIGITS, (), f"{TINY},norm_activation.type={layer}")
+  strategy = distribute_utils.get_distribution_strategy("one_device")
+  trainer = trainer_lib.GANTrainer(config, strategy, str(tmp_path))
+  norms = trainer.generator.norm_layers()
+  expected = evonorm_layers.get_norm_activation_factory(layer)
+  assert norms and all(type(n) is expected for n in norms)
+  if layer == "gn_relu":
+    assert {n.groups for n in norms} == {8}
+  before = [v.numpy() for v in trainer.generator.trainable_variables]
+  iterator = iter(strategy.distribute_datasets_from_function(
+      lambda ctx: trainer_lib.data_lib.dataset(config.data, 32, 8, ctx)))
+  loop = trainer._make_loop(iterator, run_eagerly=layer != "evonorm_b0")  # pylint: disable=protected-access
+  logs = loop(tf.constant(2))
+  assert all(np.isfinite(float(v)) for v in logs.values()), logs
+  assert int(trainer.step.numpy()) == 2
+  after = [v.numpy() for v in trainer.generator.trainable_variables]
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  ema = [v.numpy() for v in trainer.ema_generator.trainable_variables]
+  # Before ema_start the EMA generator is a copy of the generator.
+  for a, b in zip(ema, after):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _generator_on_replicas(name):
+  strategy = tf.distribute.MirroredStrategy(
+      [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)])
+  kwargs = dict(resolution=32, ch=4, num_classes=10, z_dim=16, shared_dim=16,
+                attention_resolutions=())
+  with strategy.scope():
+    synced = models.build(models.Generator(
+        norm_activation={"type": name, "synchronized": True}, **kwargs))
+  single = models.build(models.Generator(norm_activation=name, **kwargs))
+  for a, b in zip(synced.variables, single.variables):
+    b.assign(a.numpy() if not hasattr(a, "values") else a.values[0].numpy())
+  return strategy, synced, single
+
+
+@pytest.mark.parametrize("name", ["bn_relu", "evonorm_b0"])
+def test_synchronized_generator_equals_one_device(name):
+  strategy, synced, single = _generator_on_replicas(name)
+  per_replica = 2
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(per_replica * NUM_LOGICAL_CPUS, 16)).astype(np.float32)
+  y = rng.integers(0, 10, per_replica * NUM_LOGICAL_CPUS).astype(np.int32)
+
+  def shard(array):
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group *
+                                      per_replica:(ctx.replica_id_in_sync_group
+                                                   + 1) * per_replica]))
+
+  @tf.function
+  def run(z, y):
+    return strategy.run(lambda z, y: synced([z, y], training=True),
+                        args=(z, y))
+
+  got = np.concatenate([v.numpy() for v in run(shard(z), shard(y)).values])
+  want = single([z, y], training=True).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # And the moving statistics, averaged over the replicas' copies.
+  for a, b in zip(synced.norm_layers(), single.norm_layers()):
+    for stat in b.moving:
+      np.testing.assert_allclose(a.moving[stat].numpy(),
+                                 b.moving[stat].numpy(), rtol=1e-4,
+                                 atol=1e-5)
+
+
+def test_standing_statistics_are_the_mean_of_batch_statistics():
+  g = models.build(models.Generator(32, 4, 10, "evonorm_b0", z_dim=16,
+                                    shared_dim=16, attention_resolutions=()))
+  layers = [l for l in g.norm_layers()
+            if isinstance(l, evonorm_layers.BatchDependentNormActivation)]
+  recorded = {id(l): [] for l in layers}
+  originals = {}
+  for layer in layers:
+    originals[id(layer)] = layer.update_moving
+
+    def record(stats, count, layer=layer):
+      recorded[id(layer)].append({k: tf.reshape(v, [-1]).numpy()
+                                  for k, v in stats.items()})
+      return originals[id(layer)](stats, count)
+
+    layer.update_moving = record
+  for layer in layers:  # arbitrary values before
+    for v in layer.moving.values():
+      v.assign(tf.fill(v.shape, 7.0))
+  updated = evaluation.accumulate_standing_statistics(g, 5, 6, 10)
+  assert updated == len(layers) == 6 * 4 + 1  # 6 blocks at 32x32
+  for layer in layers:
+    assert len(recorded[id(layer)]) == 5
+    for stat, variable in layer.moving.items():
+      mean = np.mean([r[stat] for r in recorded[id(layer)]], axis=0)
+      np.testing.assert_allclose(variable.numpy(), mean, rtol=1e-5,
+                                 atol=1e-6)
+    assert layer.momentum == 0.9  # restored
+
+
+def test_inception_score_and_fid_match_numpy_and_scipy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (500, 10))
+  p = scipy.special.softmax(logits, axis=1)
+  marginal = p.mean(axis=0)
+  want_is = np.exp(np.mean(np.sum(p * (np.log(p) - np.log(marginal)), 1)))
+  np.testing.assert_allclose(evaluation.inception_score(logits), want_is,
+                             rtol=1e-10)
+  uniform = np.zeros((100, 10))
+  np.testing.assert_allclose(evaluation.inception_score(uniform), 1.0)
+
+  a = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+  b = rng.normal(0.5, 1.0, size=(300, 16)) @ rng.normal(size=(16, 16))
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  root = scipy.linalg.sqrtm(sa @ sb).real
+  want_fid = np.sum((mu_a - mu_b) ** 2) + np.trace(sa + sb - 2 * root)
+  np.testing.assert_allclose(evaluation.frechet_distance(a, b), want_fid,
+                             rtol=1e-6)
+  assert abs(evaluation.frechet_distance(a, a)) < 1e-6
+
+
+def _stand_in_graph_def(path):
+  """A tiny network with the standard Inception tensor names: images at
+  ``Mul:0`` (fixed batch 1, as the real graph), ``pool_3:0``, ``logits:0``."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [1, 299, 299, 3], name="Mul")
+    pool = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    pool = tf.identity(tf.concat([pool, pool ** 2], axis=-1), name="pool_3")
+    logits = tf.matmul(tf.reshape(pool, [1, 6]),
+                       tf.constant(np.arange(24, dtype=np.float32).reshape(
+                           6, 4) / 10.0))
+    tf.identity(logits, name="logits")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(graph.as_graph_def().SerializeToString())
+
+
+def test_inception_loaders_and_clear_errors(tmp_path):
+  path = str(tmp_path / "classify_image_graph_def.pb")
+  _stand_in_graph_def(path)
+  classifier = evaluation.Classifier(path)
+  images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3), np.uint8)
+  pool, logits = classifier(images, batch_size=2)
+  assert pool.shape == (3, 6) and logits.shape == (3, 4)
+  x = tf.image.resize(images.astype(np.float32) / 127.5 - 1.0, (299, 299))
+  mean = tf.reduce_mean(x, axis=[1, 2]).numpy()
+  np.testing.assert_allclose(pool[:, :3], mean, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="evaluation.inception_path"):
+    evaluation.Classifier("")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    evaluation.Classifier(str(tmp_path / "missing.pb"))
+
+
+def test_export_signature(tmp_path):
+  g = models.build(models.Generator(32, 4, 10, "evonorm_s0", z_dim=16,
+                                    shared_dim=16, attention_resolutions=()))
+  export_dir = export.export_generator(g, str(tmp_path / "generator"))
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  z = np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)
+  labels = np.array([0, 5, 9], np.int32)
+  images = served(z=tf.constant(z), labels=tf.constant(labels),
+                  truncation=tf.constant(0.5))["images"].numpy()
+  assert images.shape == (3, 32, 32, 3)
+  assert np.all(np.abs(images) <= 1.0)
+  want = g([np.clip(z, -2, 2) * 0.5, labels], training=False).numpy()
+  np.testing.assert_allclose(images, want, rtol=1e-5, atol=1e-5)
+
+
+def _gan_train(model_dir, overrides, *extra):
+  return subprocess.run(
+      [sys.executable, "-m", "evonorm_gan.train", f"--experiment={DIGITS}",
+       f"--model_dir={model_dir}", f"--params_override={overrides}",
+       "--noprogress", "--run_eagerly", *extra],
+      capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_entry_point_trains_resumes_and_evaluates(tmp_path):
+  """The entry point (its loop run eagerly: compiled, it traces for a
+  minute; test_each_table6_layer_trains runs the same loop) resumes from its
+  checkpoint, evaluates IS/FID with a classifier given as a path, and
+  exports the EMA generator."""
+  model_dir = str(tmp_path / "gan")
+  classifier = str(tmp_path / "classifier")
+  from evonorm_gan import digits_classifier  # pylint: disable=g-import-not-at-top
+  digits_classifier.train_and_save(classifier, 32, epochs=1)
+  first = _gan_train(model_dir, f"{TINY},trainer.train_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert tf.train.latest_checkpoint(model_dir).endswith("-2")
+  # Started again with more steps, it resumes: 2 -> 4.
+  second = _gan_train(model_dir, f"{TINY},trainer.train_steps=4,"
+                      f"evaluation.inception_path={classifier}",
+                      "--mode=train_and_eval",
+                      f"--export_dir={tmp_path / 'export'}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert tf.train.latest_checkpoint(model_dir).endswith("-4")
+  with open(os.path.join(model_dir, "eval.json")) as f:
+    results = json.load(f)
+  assert results["step"] == 4 and np.isfinite(results["FID"])
+  assert results["IS"] >= 1.0
+  assert os.path.exists(os.path.join(model_dir, "samples_step4.png"))
+  tags = set()
+  for path in tf.io.gfile.glob(os.path.join(model_dir, "*", "events.*")):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      tags |= {v.tag for v in event.summary.value}
+  assert {"d_loss", "g_loss", "ema_samples", "FID", "IS"} <= tags, tags
+  served = tf.saved_model.load(str(tmp_path / "export"))
+  assert "serving_default" in served.signatures
+
+
+@pytest.mark.parametrize("override, message", [
+    ("norm_activation.type=evonorm_b9",
+     "Unknown normalization-activation layer 'evonorm_b9'"),
+    ("generator.resolution=48", "no architecture for resolution 48"),
+    ("data.source=tfds,data.tfds_name=cifar10,"
+     "data.tfds_data_dir=/nonexistent", "is not prepared in"),
+    ("data.global_batch_size=0", "not divisible"),
+])
+def test_bad_input_is_one_line(tmp_path, override, message):
+  result = _gan_train(str(tmp_path), f"{TINY},{override}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_inception_path_is_one_line(tmp_path):
+  result = _gan_train(str(tmp_path), TINY, "--mode=eval")
+  assert result.returncode == 2
+  assert "evaluation.inception_path" in result.stderr
+
+
+def test_quickstart_draws_digits_and_reports_fid(tmp_path):
+  """The README's GAN quickstart (--compare path), shrunken."""
+  workdir = str(tmp_path / "quickstart")
+  result = subprocess.run(
+      [sys.executable, "-m", "evonorm_gan.quickstart",
+       f"--workdir={workdir}", "--layers=bn_relu,evonorm_b0", "--steps=2",
+       f"--classifier_dir={tmp_path / 'classifier'}", "--run_eagerly",
+       f"--params_override={TINY}"],
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [l for l in result.stdout.splitlines()
+          if l.startswith("| bn_relu |") or l.startswith("| evonorm_b0 |")]
+  assert len(rows) == 2, result.stdout
+  for row in rows:
+    fid = float(row.split("|")[2])
+    assert np.isfinite(fid) and fid >= 0
+  for layer in ("bn_relu", "evonorm_b0"):
+    assert os.path.getsize(os.path.join(workdir, layer, "samples.png")) > 0
+  assert os.path.getsize(os.path.join(workdir, "compare.png")) > 0
+
+
+@pytest.mark.parametrize("layer", TABLE6_LAYERS)
+def test_table6_yaml_configs(layer):
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "official",
+                      "configs", "experiments",
+                      f"biggan_deep_imagenet128_{layer}_tpu.yaml")
+  with open(path) as f:
+    name = f.readline().split("=", 1)[1].strip()
+  config = train_lib.load_config(name, [path])
+  assert config.norm_activation.type == layer
+  assert config.generator.resolution == 128 and config.generator.ch == 128
+  assert config.data.global_batch_size == 2048
+  assert config.optimization.d_steps == 2
+  assert config.norm_activation.groups == 16
