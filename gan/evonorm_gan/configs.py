@@ -145,9 +145,9 @@ def biggan_deep_digits32() -> GANConfig:
                       shuffle_buffer_size=2000),
       optimization=OptimizationConfig(
           g_learning_rate=2e-4, d_learning_rate=2e-4, d_steps=1,
-          ema_decay=0.999, ema_start=200),
-      trainer=TrainerConfig(train_steps=1500, steps_per_loop=50,
-                            checkpoint_interval=250, summary_interval=50,
-                            image_summary_interval=250),
+          ema_decay=0.99, ema_start=200),
+      trainer=TrainerConfig(train_steps=600, steps_per_loop=50,
+                            checkpoint_interval=200, summary_interval=50,
+                            image_summary_interval=200),
       evaluation=EvaluationConfig(num_samples=1000, batch_size=250,
                                   standing_statistics_batches=8))
