@@ -15,6 +15,13 @@ which this script enables (TF_CPU_ALLOCATOR_USE_BFC) before TensorFlow loads.
 A reference row ``keras_bn_relu`` (tf_keras BatchNormalization, fused kernel,
 then ReLU) shows how the library's BN-ReLU compares with Keras' own.
 
+Every EvoNorm is timed twice in the same run: with the fused CPU kernels of
+:mod:`evonorm_layers.fused` (the default path of a CPU training step; row
+``evonorm_b0``) and with composite TensorFlow ops only (row
+``evonorm_b0 [composite]``). ``--paths=fused`` or ``--paths=composite`` keeps
+one of them. Where the fused path cannot run (GPU, TPU, XLA) both rows are the
+composite ops.
+
   python bench/norm_act_overhead.py                       # all layers, CPU
   python bench/norm_act_overhead.py --layers=bn_relu,evonorm_b0,evonorm_s0
   python bench/norm_act_overhead.py --models=mg_resnet50,efficientnet_b0 \
@@ -50,6 +57,7 @@ from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.modeling.backbones import factory  # noqa: E402
 
 import evonorm_layers  # noqa: E402
+from evonorm_layers import fused  # noqa: E402
 from evonorm_vision import norm_activation as norm_lib  # noqa: E402
 from evonorm_vision import registry_imports  # noqa: E402,F401
 from evonorm_vision.configs import backbones  # noqa: E402
@@ -85,7 +93,13 @@ _JIT = flags.DEFINE_enum(
 _POLICY = flags.DEFINE_enum(
     "policy", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
     "Keras mixed-precision policy of every model.")
+_PATHS = flags.DEFINE_list(
+    "paths", ["fused", "composite"],
+    "Elementwise paths of the EvoNorms to time: fused (C++ kernels where they "
+    "can run) and/or composite (TensorFlow ops only).")
 _JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
+
+COMPOSITE_SUFFIX = " [composite]"
 
 
 class KerasBatchNormReLU(tf_keras.layers.Layer):
@@ -104,7 +118,14 @@ class KerasBatchNormReLU(tf_keras.layers.Layer):
     return tf.nn.relu(y) if self.nonlinearity else y
 
 
-def _build_step(model_name, layer_name, jit_compile):
+def _uses_fused_kernels(layer_name):
+  return getattr(evonorm_layers.get_norm_activation(layer_name),
+                 "fused_kernels", False)
+
+
+def _build_step(model_name, row_name, jit_compile):
+  layer_name = row_name.removesuffix(COMPOSITE_SUFFIX)
+  path = "off" if row_name.endswith(COMPOSITE_SUFFIX) else "auto"
   backbone = factory.build_backbone(
       input_specs=tf_keras.layers.InputSpec(
           shape=[None, _IMAGE.value, _IMAGE.value, 3]),
@@ -116,14 +137,17 @@ def _build_step(model_name, layer_name, jit_compile):
   features = tf_keras.layers.GlobalAveragePooling2D()(backbone.output[last])
   logits = tf_keras.layers.Dense(1000, dtype="float32")(features)
   model = tf_keras.Model(backbone.input, logits)
-  optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
+  # A small learning rate: the step repeats one batch, and only its cost is
+  # measured, so training must merely stay finite.
+  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
   @tf.function(jit_compile=jit_compile)
   def step(images, labels):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(labels, model(images, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
+    with fused.forced(path):  # read while tracing
+      with tf.GradientTape() as tape:
+        loss = loss_fn(labels, model(images, training=True))
+      grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 
@@ -145,7 +169,7 @@ def _run_step(step, data, device):
   seconds = time.perf_counter() - start
   peak = tf.config.experimental.get_memory_info(device)["peak"]
   if not np.isfinite(loss.numpy()):
-    raise FloatingPointError("non-finite loss")
+    raise FloatingPointError(f"non-finite loss {loss.numpy()}")
   return seconds, peak - start_bytes
 
 
@@ -190,6 +214,20 @@ def main(argv):
                          f"{sorted(MODELS)}.")
   names = _LAYERS.value or (evonorm_layers.available_norm_activations())
   names = [BASELINE] + [n for n in names if n != BASELINE]
+  unknown = sorted(set(_PATHS.value) - {"fused", "composite"})
+  if unknown or not _PATHS.value:
+    raise app.UsageError(f"--paths takes fused and/or composite; got "
+                         f"{_PATHS.value}.")
+  rows_of = []
+  for n in names:
+    if n == KERAS_REFERENCE or not _uses_fused_kernels(n):
+      rows_of.append(n)
+      continue
+    if "fused" in _PATHS.value:
+      rows_of.append(n)
+    if "composite" in _PATHS.value:
+      rows_of.append(n + COMPOSITE_SUFFIX)
+  names = rows_of
   tf_keras.mixed_precision.set_global_policy(_POLICY.value)
   has_accelerator = bool(tf.config.list_logical_devices("GPU") or
                          tf.config.list_logical_devices("TPU"))

@@ -39,6 +39,7 @@ import tf_keras
 
 from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
+from evonorm_layers import fused
 from evonorm_layers import recompute
 from evonorm_layers import statistics as stats_lib
 from evonorm_layers.registry import register_norm_activation
@@ -57,6 +58,7 @@ class _EvoNormB(base.BatchDependentNormActivation):
   """
 
   moving_statistics = ("variance",)
+  fused_kernels = True  # elementwise part by evonorm_layers.fused on CPU
 
   def normalize_activate(self, x, training, affine):
     layout = self.layout
@@ -70,6 +72,12 @@ class _EvoNormB(base.BatchDependentNormActivation):
     variance = self.batch_or_moving(
         training, lambda: self._batch_variance(mean, var))["variance"]
     batch_std = tf.sqrt(variance + self.epsilon)
+    extra = [self.channel_param(v) for v in self.extra_params()]
+    if fused.use_fused(x, layout, training):
+      family, operands = self.fused_operands(mean, var, *extra)
+      return fused.apply(family, x, layout,
+                         [batch_std, *operands, *affine.tensors()],
+                         self.epsilon)
 
     def elementwise(x, batch_std, mean, var, gamma, beta, *extra):
       denominator = tf.maximum(batch_std,
@@ -77,8 +85,7 @@ class _EvoNormB(base.BatchDependentNormActivation):
       return affine_lib.Affine(gamma, beta).apply(x / denominator)
 
     return recompute.elementwise(
-        elementwise, x, batch_std, mean, var, *affine.tensors(),
-        *[self.channel_param(v) for v in self.extra_params()])
+        elementwise, x, batch_std, mean, var, *affine.tensors(), *extra)
 
   def extra_params(self):
     """Variables used by ``instance_term`` besides the statistics."""
@@ -91,6 +98,11 @@ class _EvoNormB(base.BatchDependentNormActivation):
 
   def instance_term(self, x, mean, var, *extra):
     """The second argument of the max, from the instance moments of x."""
+    raise NotImplementedError
+
+  def fused_operands(self, mean, var, *extra):
+    """``instance_term`` for the fused kernels (:mod:`evonorm_layers.fused`):
+    the family and its operands between ``s`` and the affine."""
     raise NotImplementedError
 
 
@@ -116,6 +128,9 @@ class EvoNormB0(_EvoNormB):
   def instance_term(self, x, mean, var, v1):
     return v1 * x + tf.sqrt(var + self.epsilon)
 
+  def fused_operands(self, mean, var, v1):
+    return "BLinear", (v1, tf.sqrt(var + self.epsilon))
+
 
 @_serializable
 @register_norm_activation("evonorm_b1")
@@ -124,6 +139,10 @@ class EvoNormB1(_EvoNormB):
 
   def instance_term(self, x, mean, var):
     return (x + 1.0) * tf.sqrt(tf.square(mean) + var + self.epsilon)
+
+  def fused_operands(self, mean, var):
+    root = tf.sqrt(tf.square(mean) + var + self.epsilon)
+    return "BLinear", (root, root)  # (x + 1) r = r x + r
 
 
 @_serializable
@@ -143,6 +162,9 @@ class EvoNormB2(_EvoNormB):
     second_moment = tf.square(mean) + var
     return stats_lib.signed_sqrt(second_moment - x, self.epsilon)
 
+  def fused_operands(self, mean, var):
+    return "BSqrt", (tf.square(mean) + var,)
+
 
 class _EvoNormS(base.GroupedNormActivation):
   """Shared part of the S series: ``numerator(x) / group statistic``.
@@ -153,9 +175,10 @@ class _EvoNormS(base.GroupedNormActivation):
   """
 
   centered = True  # divide by the group std (S0, S1) or the group RMS (S2)
+  fused_kernels = True  # elementwise part by evonorm_layers.fused on CPU
 
   def normalize_activate(self, x, training, affine):
-    del training  # batch-independent
+    # Batch-independent: training only chooses the fused kernels.
     mean, var = stats_lib.instance_moments(x, self.layout)
     group_mean, group_var = stats_lib.group_moments(
         mean, var, self.layout, self.resolved_groups)
@@ -167,6 +190,9 @@ class _EvoNormS(base.GroupedNormActivation):
     if shift is None:
       shift = tf.zeros((), tf.float32)
     extra = [self.channel_param(v) for v in self.extra_params()]
+    if fused.use_fused(x, self.layout, training):
+      slope = extra[0] if extra else tf.ones((), tf.float32)
+      return fused.apply("SSigmoid", x, self.layout, [slope, scale, shift])
     return recompute.elementwise(
         lambda x, scale, shift, *extra: self.activation(x, *extra) * scale +
         shift, x, scale, shift, *extra)
@@ -176,6 +202,9 @@ class _EvoNormS(base.GroupedNormActivation):
     return ()
 
   def activation(self, x):
+    """``x * sigmoid(x)``; a layer whose activation differs must pass its
+    sigmoid slope as the single extra parameter (the fused kernels compute
+    ``x * sigmoid(slope * x)``)."""
     return x * tf.sigmoid(x)
 
 

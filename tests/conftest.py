@@ -12,3 +12,21 @@ NUM_LOGICAL_CPUS = 4
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _own_collective_keys():
+  """Gives every test its own range of collective group keys.
+
+  Each MirroredStrategy numbers its collective groups from 1, and the runtime
+  caches a collective's parameters by (group, instance) key for the life of
+  the process. Two strategies built by different tests in one worker then
+  reuse keys for reductions of different shapes, and the runtime aborts
+  ("Shape mismatch in the collective instance ..."). A real job builds one
+  strategy per process; here each test moves the key base along.
+  """
+  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
+  yield

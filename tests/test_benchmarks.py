@@ -22,7 +22,7 @@ def _run(script, *flags, timeout=600):
 def test_norm_act_overhead(tmp_path, policy):
   output = tmp_path / "rows.json"
   result = _run("norm_act_overhead.py", "--layers=evonorm_b0,keras_bn_relu",
-                "--models=resnet_v2_50", "--image_size=32", "--batch_size=2",
+                "--models=resnet_v2_50", "--image_size=64", "--batch_size=2",
                 "--rounds=1", "--steps_per_round=2", "--warmup_steps=1",
                 f"--policy={policy}", f"--json_output={output}")
   rows = json.loads(output.read_text())["rows"]

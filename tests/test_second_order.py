@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import evonorm_layers
+from evonorm_layers import fused
 from evonorm_layers.search import known_layers
 from evonorm_layers.search.layer import SearchedNormActivation
 from tests import layer_helpers
@@ -110,10 +111,11 @@ def test_first_order_step_does_not_keep_elementwise_intermediates():
 
   @tf.function
   def step(x):
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      loss = tf.reduce_sum(layer(x, training=True) ** 2)
-    return tape.gradient(loss, x)
+    with fused.forced("off"):  # the composite ops (the fused path: below)
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x, training=True) ** 2)
+      return tape.gradient(loss, x)
 
   ops = step.get_concrete_function(x).graph.get_operations()
   # Ops are listed in creation order: the backward pass starts at the first
@@ -140,3 +142,31 @@ def test_first_order_step_does_not_keep_elementwise_intermediates():
   assert all("pow" in r.lower() or "square" in r.lower() or "mul" in r.lower()
              for r in readers), readers
   assert not any("sigmoid" in r.lower() for r in readers), readers
+
+
+@pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0"])
+def test_fused_backward_reads_only_the_input_and_small_operands(name):
+  """On the fused path the backward kernel reads the forward kernel's inputs
+  (x and the [K, N, C] operands), never its output."""
+  layer = evonorm_layers.get_norm_activation(name)
+  x = tf.random.normal((8, 6, 6, 32))
+
+  @tf.function
+  def step(x):
+    with fused.forced("on"):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x, training=True) ** 2)
+      return tape.gradient(loss, x)
+
+  ops = step.get_concrete_function(x).graph.get_operations()
+  forward = [op for op in ops if op.type.startswith("EvoNormFused")
+             and op.type.endswith("Forward")]
+  backward = [op for op in ops if op.type.startswith("EvoNormFused")
+              and op.type.endswith("Backward")]
+  assert len(forward) == 1 and len(backward) == 1, [o.type for o in ops]
+  produced = {t.name for t in forward[0].outputs}
+  read = [t.name for t in backward[0].inputs]
+  assert not produced & set(read), read
+  # dy, x and the [K, N, C] operands: one activation-sized tensor besides dy.
+  assert [t.shape.rank for t in backward[0].inputs] == [4, 4, 3]

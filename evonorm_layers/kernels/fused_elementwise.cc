@@ -1,0 +1,416 @@
+// Fused CPU kernels for the elementwise parts of the EvoNorm layers.
+//
+// The statistics (batch, instance and group moments) are computed by the
+// layers with TensorFlow's own ops; what is fused here is the rest, which
+// TensorFlow would otherwise run as one kernel, and one pass over the
+// activation, per elementwise op. Every kernel sees the input as
+//
+//   [N, S, C] (channels last)   or   [N, C, S] (channels first)
+//
+// and takes its small operands stacked as `params` of shape [K, N, C] (one
+// value per sample and channel; per-channel operands are broadcast by the
+// caller). Three families cover the six layers:
+//
+//   b_linear  (EvoNorm-B0, B1)  K=5  s, a, b, g, h
+//       y = x / max(s, a*x + b) * g + h
+//   b_sqrt    (EvoNorm-B2)      K=4  s, m, g, h
+//       y = x / max(s, sign(m - x) * sqrt(|m - x| + eps)) * g + h
+//   s_sigmoid (EvoNorm-S0..S2)  K=3  a, scale, shift
+//       y = x * sigmoid(a*x) * scale + shift
+//
+// The forward kernel reads x once and writes y once. The backward kernel
+// reads dy and x once, writes dx, and reduces the cotangents of the K
+// operands over S in the same pass. Ties of the max send the gradient to s,
+// as TensorFlow's Maximum does. Arithmetic is float32 whatever the input type
+// (float, half, bfloat16); reductions accumulate in double.
+//
+// Gradients of these kernels are not registered here: the Python side wraps
+// them in a custom gradient whose own gradient (second order) is plain
+// autodiff of the composite formula (evonorm_layers/fused.py).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace evonorm {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::shape_inference::InferenceContext;
+
+// The sigmoid as 1 / (1 + exp(-z)), with exp on float32 by Cody-Waite range
+// reduction and a degree-6 polynomial (the Cephes expf, about 1 ulp). Written
+// without branches or calls so that the compiler vectorizes the loops.
+inline float Exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  static_assert(sizeof(scale) == sizeof(bits), "float is 32 bits");
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float Sigmoid(float z) { return 1.0f / (1.0f + Exp(-z)); }
+
+// y = x / max(s, a*x + b) * g + h
+struct BLinear {
+  static constexpr int K = 5;
+  static inline float Forward(float x, const float* p, int64_t m, float) {
+    const float t = p[1 * m] * x + p[2 * m];
+    const float d = p[0 * m] >= t ? p[0 * m] : t;
+    return x / d * p[3 * m] + p[4 * m];
+  }
+  // Returns dx; adds the cotangents of the K operands to acc.
+  static inline float Backward(float dy, float x, const float* p, int64_t m,
+                               float, double* acc) {
+    const float t = p[1 * m] * x + p[2 * m];
+    const bool to_s = p[0 * m] >= t;
+    const float d = to_s ? p[0 * m] : t;
+    const float u = x / d;
+    const float du = dy * p[3 * m];
+    const float dd = -du * u / d;
+    acc[0 * m] += to_s ? dd : 0.0f;
+    acc[1 * m] += to_s ? 0.0f : dd * x;
+    acc[2 * m] += to_s ? 0.0f : dd;
+    acc[3 * m] += dy * u;
+    acc[4 * m] += dy;
+    return du / d + (to_s ? 0.0f : dd * p[1 * m]);
+  }
+};
+
+// y = x / max(s, sign(m - x) * sqrt(|m - x| + eps)) * g + h
+struct BSqrt {
+  static constexpr int K = 4;
+  static inline float Term(float z, float eps) {
+    const float root = std::sqrt(std::fabs(z) + eps);
+    return z > 0.0f ? root : (z < 0.0f ? -root : 0.0f);
+  }
+  static inline float Forward(float x, const float* p, int64_t m, float eps) {
+    const float t = Term(p[1 * m] - x, eps);
+    const float d = p[0 * m] >= t ? p[0 * m] : t;
+    return x / d * p[2 * m] + p[3 * m];
+  }
+  static inline float Backward(float dy, float x, const float* p, int64_t m,
+                               float eps, double* acc) {
+    const float z = p[1 * m] - x;
+    const float root = std::sqrt(std::fabs(z) + eps);
+    const float t = z > 0.0f ? root : (z < 0.0f ? -root : 0.0f);
+    const bool to_s = p[0 * m] >= t;
+    const float d = to_s ? p[0 * m] : t;
+    const float u = x / d;
+    const float du = dy * p[2 * m];
+    const float dd = -du * u / d;
+    // d sign(z) sqrt(|z| + eps) / dz = sign(z)^2 / (2 sqrt(|z| + eps)).
+    const float dt_dz = z != 0.0f ? 0.5f / root : 0.0f;
+    const float dz = to_s ? 0.0f : dd * dt_dz;
+    acc[0 * m] += to_s ? dd : 0.0f;
+    acc[1 * m] += dz;
+    acc[2 * m] += dy * u;
+    acc[3 * m] += dy;
+    return du / d - dz;
+  }
+};
+
+// y = x * sigmoid(a*x) * scale + shift
+struct SSigmoid {
+  static constexpr int K = 3;
+  static inline float Forward(float x, const float* p, int64_t m, float) {
+    return x * Sigmoid(p[0 * m] * x) * p[1 * m] + p[2 * m];
+  }
+  static inline float Backward(float dy, float x, const float* p, int64_t m,
+                               float, double* acc) {
+    const float sig = Sigmoid(p[0 * m] * x);
+    const float f = x * sig;
+    const float df = dy * p[1 * m];
+    const float dsig = sig * (1.0f - sig);
+    acc[0 * m] += df * x * x * dsig;
+    acc[1 * m] += dy * f;
+    acc[2 * m] += dy;
+    return df * (sig + p[0 * m] * x * dsig);
+  }
+};
+
+// The input's shape seen as [N, S, C] or [N, C, S].
+struct Geometry {
+  int64_t n, s, c;
+  bool channels_last;
+};
+
+::tensorflow::Status GetGeometry(const Tensor& x, const Tensor& params, int k,
+                                 bool channels_last, Geometry* g) {
+  if (x.dims() < 2) {
+    return InvalidArgument("x must have rank 2 or more, got shape ",
+                           x.shape().DebugString());
+  }
+  if (params.dims() != 3 || params.dim_size(0) != k ||
+      params.dim_size(1) != x.dim_size(0)) {
+    return InvalidArgument("params must have shape [", k, ", ", x.dim_size(0),
+                           ", C], got ", params.shape().DebugString());
+  }
+  g->n = x.dim_size(0);
+  g->c = params.dim_size(2);
+  g->channels_last = channels_last;
+  const int64_t channel_dim =
+      channels_last ? x.dim_size(x.dims() - 1) : x.dim_size(1);
+  if (channel_dim != g->c) {
+    return InvalidArgument("x has ", channel_dim, " channels but params ",
+                           g->c);
+  }
+  const int64_t per_sample = g->n == 0 ? 0 : x.NumElements() / g->n;
+  g->s = g->c == 0 ? 0 : per_sample / g->c;
+  return ::tensorflow::OkStatus();
+}
+
+// Work is split into units of at least this many elements.
+constexpr int64_t kUnitElements = 1 << 14;
+
+template <typename Family, typename T>
+class ForwardOp : public OpKernel {
+ public:
+  explicit ForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& params = ctx->input(1);
+    Geometry g;
+    OP_REQUIRES_OK(ctx, GetGeometry(x, params, Family::K, channels_last_, &g));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    if (x.NumElements() == 0) return;
+    const T* xs = x.flat<T>().data();
+    T* ys = y->flat<T>().data();
+    const float* ps = params.flat<float>().data();
+    const int64_t nc = g.n * g.c;
+    const float eps = epsilon_;
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+
+    if (g.channels_last) {
+      // Units are blocks of rows (positions) of one sample.
+      const int64_t rows = std::max<int64_t>(1, kUnitElements / g.c);
+      const int64_t per_sample = (g.s + rows - 1) / rows;
+      auto work = [&](int64_t begin, int64_t end) {
+        std::vector<float> p(Family::K * g.c);
+        int64_t loaded = -1;
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t n = unit / per_sample;
+          if (n != loaded) {  // this sample's operands, [K, C]
+            for (int k = 0; k < Family::K; ++k)
+              std::copy_n(ps + k * nc + n * g.c, g.c, &p[k * g.c]);
+            loaded = n;
+          }
+          const int64_t s0 = (unit % per_sample) * rows;
+          const int64_t s1 = std::min(g.s, s0 + rows);
+          for (int64_t s = s0; s < s1; ++s) {
+            const int64_t base = (n * g.s + s) * g.c;
+            for (int64_t c = 0; c < g.c; ++c) {
+              ys[base + c] = static_cast<T>(Family::Forward(
+                  static_cast<float>(xs[base + c]), &p[c], g.c, eps));
+            }
+          }
+        }
+      };
+      ::tensorflow::Shard(threads->num_threads, threads->workers,
+                          g.n * per_sample, rows * g.c * 8, work);
+    } else {
+      // Units are rows (sample, channel) of S positions.
+      auto work = [&](int64_t begin, int64_t end) {
+        float p[Family::K];
+        for (int64_t row = begin; row < end; ++row) {
+          for (int k = 0; k < Family::K; ++k) p[k] = ps[k * nc + row];
+          const int64_t base = row * g.s;
+          for (int64_t s = 0; s < g.s; ++s) {
+            ys[base + s] = static_cast<T>(
+                Family::Forward(static_cast<float>(xs[base + s]), p, 1, eps));
+          }
+        }
+      };
+      ::tensorflow::Shard(threads->num_threads, threads->workers, nc,
+                          g.s * 8, work);
+    }
+  }
+
+ private:
+  bool channels_last_;
+  float epsilon_;
+};
+
+template <typename Family, typename T>
+class BackwardOp : public OpKernel {
+ public:
+  explicit BackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& params = ctx->input(2);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("dy and x must have one shape, got ",
+                                dy.shape().DebugString(), " and ",
+                                x.shape().DebugString()));
+    Geometry g;
+    OP_REQUIRES_OK(ctx, GetGeometry(x, params, Family::K, channels_last_, &g));
+    Tensor* dx = nullptr;
+    Tensor* dparams = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, params.shape(), &dparams));
+    float* dps = dparams->flat<float>().data();
+    std::fill(dps, dps + params.NumElements(), 0.0f);
+    if (x.NumElements() == 0) return;
+    const T* dys = dy.flat<T>().data();
+    const T* xs = x.flat<T>().data();
+    T* dxs = dx->flat<T>().data();
+    const float* ps = params.flat<float>().data();
+    const int64_t nc = g.n * g.c;
+    const float eps = epsilon_;
+    constexpr int K = Family::K;
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+
+    if (g.channels_last) {
+      // Each unit (a block of rows of one sample) reduces into its own
+      // [K, C] slot; the slots of a sample are summed afterwards.
+      const int64_t rows = std::max<int64_t>(1, kUnitElements / g.c);
+      const int64_t per_sample = (g.s + rows - 1) / rows;
+      const int64_t units = g.n * per_sample;
+      std::vector<double> partial(units * g.c * K, 0.0);
+      auto work = [&](int64_t begin, int64_t end) {
+        std::vector<float> p(K * g.c);
+        int64_t loaded = -1;
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t n = unit / per_sample;
+          if (n != loaded) {  // this sample's operands, [K, C]
+            for (int k = 0; k < K; ++k)
+              std::copy_n(ps + k * nc + n * g.c, g.c, &p[k * g.c]);
+            loaded = n;
+          }
+          double* acc = &partial[unit * g.c * K];
+          const int64_t s0 = (unit % per_sample) * rows;
+          const int64_t s1 = std::min(g.s, s0 + rows);
+          for (int64_t s = s0; s < s1; ++s) {
+            const int64_t base = (n * g.s + s) * g.c;
+            for (int64_t c = 0; c < g.c; ++c) {
+              dxs[base + c] = static_cast<T>(Family::Backward(
+                  static_cast<float>(dys[base + c]),
+                  static_cast<float>(xs[base + c]), &p[c], g.c, eps,
+                  &acc[c]));
+            }
+          }
+        }
+      };
+      ::tensorflow::Shard(threads->num_threads, threads->workers, units,
+                          rows * g.c * 16, work);
+      for (int64_t n = 0; n < g.n; ++n) {
+        for (int64_t c = 0; c < g.c; ++c) {
+          for (int k = 0; k < K; ++k) {
+            double total = 0.0;
+            for (int64_t u = 0; u < per_sample; ++u)
+              total += partial[((n * per_sample + u) * K + k) * g.c + c];
+            dps[k * nc + n * g.c + c] = static_cast<float>(total);
+          }
+        }
+      }
+    } else {
+      auto work = [&](int64_t begin, int64_t end) {
+        float p[K];
+        for (int64_t row = begin; row < end; ++row) {
+          for (int k = 0; k < K; ++k) p[k] = ps[k * nc + row];
+          double acc[K] = {};
+          const int64_t base = row * g.s;
+          for (int64_t s = 0; s < g.s; ++s) {
+            dxs[base + s] = static_cast<T>(Family::Backward(
+                static_cast<float>(dys[base + s]),
+                static_cast<float>(xs[base + s]), p, 1, eps, acc));
+          }
+          for (int k = 0; k < K; ++k)
+            dps[k * nc + row] = static_cast<float>(acc[k]);
+        }
+      };
+      ::tensorflow::Shard(threads->num_threads, threads->workers, nc,
+                          g.s * 16, work);
+    }
+  }
+
+ private:
+  bool channels_last_;
+  float epsilon_;
+};
+
+::tensorflow::Status ForwardShape(InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  return ::tensorflow::OkStatus();
+}
+
+::tensorflow::Status BackwardShape(InferenceContext* c) {
+  c->set_output(0, c->input(1));
+  c->set_output(1, c->input(2));
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace
+
+#define EVONORM_REGISTER_OPS(OP, FAMILY)                                   \
+  REGISTER_OP("EvoNormFused" #OP "Forward")                                \
+      .Input("x: T")                                                         \
+      .Input("params: float")                                                \
+      .Output("y: T")                                                        \
+      .Attr("T: {float, half, bfloat16}")                                    \
+      .Attr("channels_last: bool = true")                                    \
+      .Attr("epsilon: float = 0.0")                                          \
+      .SetShapeFn(ForwardShape);                                             \
+  REGISTER_OP("EvoNormFused" #OP "Backward")                               \
+      .Input("dy: T")                                                        \
+      .Input("x: T")                                                         \
+      .Input("params: float")                                                \
+      .Output("dx: T")                                                       \
+      .Output("dparams: float")                                              \
+      .Attr("T: {float, half, bfloat16}")                                    \
+      .Attr("channels_last: bool = true")                                    \
+      .Attr("epsilon: float = 0.0")                                          \
+      .SetShapeFn(BackwardShape);                                            \
+  EVONORM_REGISTER_KERNELS(OP, FAMILY, float);                             \
+  EVONORM_REGISTER_KERNELS(OP, FAMILY, Eigen::half);                       \
+  EVONORM_REGISTER_KERNELS(OP, FAMILY, ::tensorflow::bfloat16)
+
+#define EVONORM_REGISTER_KERNELS(OP, FAMILY, T)                            \
+  REGISTER_KERNEL_BUILDER(Name("EvoNormFused" #OP "Forward")               \
+                              .Device(DEVICE_CPU)                            \
+                              .TypeConstraint<T>("T"),                       \
+                          ForwardOp<FAMILY, T>);                             \
+  REGISTER_KERNEL_BUILDER(Name("EvoNormFused" #OP "Backward")              \
+                              .Device(DEVICE_CPU)                            \
+                              .TypeConstraint<T>("T"),                       \
+                          BackwardOp<FAMILY, T>)
+
+EVONORM_REGISTER_OPS(BLinear, BLinear);
+EVONORM_REGISTER_OPS(BSqrt, BSqrt);
+EVONORM_REGISTER_OPS(SSigmoid, SSigmoid);
+
+}  // namespace evonorm
