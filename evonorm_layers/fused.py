@@ -136,7 +136,7 @@ def _cpu_signature() -> str:
 
 def _build_command(compiler: str, output: str) -> list[str]:
   return [compiler, SOURCE, "-o", output, "-shared", "-fPIC", "-O3",
-          "-march=native", "-fno-math-errno", "-w",
+          "-march=native", "-fno-math-errno", "-fno-trapping-math", "-w",
           *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
 
 

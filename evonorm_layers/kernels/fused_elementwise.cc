@@ -55,8 +55,9 @@ using ::tensorflow::shape_inference::InferenceContext;
 // reduction and a degree-6 polynomial (the Cephes expf, about 1 ulp). Written
 // without branches or calls so that the compiler vectorizes the loops.
 inline float Exp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -186,6 +187,70 @@ struct Geometry {
 
 // Work is split into units of at least this many elements.
 constexpr int64_t kUnitElements = 1 << 14;
+// Channels-first rows are processed in chunks of this many positions.
+constexpr int64_t kChunk = 4096;
+
+// A float32 view of `len` inputs: the data itself for float, else a copy.
+template <typename T>
+inline const float* AsFloat(const T* src, int64_t len, float* buffer) {
+  for (int64_t i = 0; i < len; ++i) buffer[i] = static_cast<float>(src[i]);
+  return buffer;
+}
+template <>
+inline const float* AsFloat<float>(const float* src, int64_t, float*) {
+  return src;
+}
+
+// Where to compute `len` outputs: the output itself for float, else a buffer
+// that Store() rounds into the output.
+template <typename T>
+inline float* Target(T*, float* buffer) { return buffer; }
+template <>
+inline float* Target<float>(float* dst, float*) { return dst; }
+template <typename T>
+inline void Store(const float* src, T* dst, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(src[i]);
+}
+template <>
+inline void Store<float>(const float*, float*, int64_t) {}
+
+// The elementwise loops, on float32 rows. With channels last, element i of a
+// row is channel i and reads operand k at p[k * m + i]; with channels first,
+// a row is one (sample, channel) and every element reads p[k] (m = 1).
+template <typename Family, bool kLast>
+void ForwardRow(const float* __restrict x, float* __restrict y,
+                const float* __restrict p, int64_t m, int64_t len,
+                float eps) {
+  for (int64_t i = 0; i < len; ++i)
+    y[i] = Family::Forward(x[i], p + (kLast ? i : 0), m, eps);
+}
+
+template <typename Family>
+void BackwardRowLast(const float* __restrict dy, const float* __restrict x,
+                     float* __restrict dx, const float* __restrict p,
+                     int64_t m, int64_t len, float eps,
+                     double* __restrict acc) {
+  for (int64_t i = 0; i < len; ++i)
+    dx[i] = Family::Backward(dy[i], x[i], p + i, m, eps, acc + i);
+}
+
+template <typename Family>
+void BackwardRowFirst(const float* __restrict dy, const float* __restrict x,
+                      float* __restrict dx, const float* __restrict p,
+                      int64_t len, float eps, double* __restrict acc) {
+  // Eight float partial sums per operand, so the loop has no serial chain.
+  constexpr int kLanes = 8;
+  double lanes[Family::K * kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (int j = 0; j < kLanes; ++j)
+      dx[i + j] = Family::Backward(dy[i + j], x[i + j], p, 1, eps,
+                                   lanes + j * Family::K);
+  for (; i < len; ++i)
+    dx[i] = Family::Backward(dy[i], x[i], p, 1, eps, lanes);
+  for (int j = 0; j < kLanes; ++j)
+    for (int k = 0; k < Family::K; ++k) acc[k] += lanes[j * Family::K + k];
+}
 
 template <typename Family, typename T>
 class ForwardOp : public OpKernel {
@@ -209,18 +274,19 @@ class ForwardOp : public OpKernel {
     const int64_t nc = g.n * g.c;
     const float eps = epsilon_;
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    constexpr int K = Family::K;
 
     if (g.channels_last) {
       // Units are blocks of rows (positions) of one sample.
       const int64_t rows = std::max<int64_t>(1, kUnitElements / g.c);
       const int64_t per_sample = (g.s + rows - 1) / rows;
       auto work = [&](int64_t begin, int64_t end) {
-        std::vector<float> p(Family::K * g.c);
+        std::vector<float> p(K * g.c), in(g.c), out(g.c);
         int64_t loaded = -1;
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t n = unit / per_sample;
           if (n != loaded) {  // this sample's operands, [K, C]
-            for (int k = 0; k < Family::K; ++k)
+            for (int k = 0; k < K; ++k)
               std::copy_n(ps + k * nc + n * g.c, g.c, &p[k * g.c]);
             loaded = n;
           }
@@ -228,10 +294,10 @@ class ForwardOp : public OpKernel {
           const int64_t s1 = std::min(g.s, s0 + rows);
           for (int64_t s = s0; s < s1; ++s) {
             const int64_t base = (n * g.s + s) * g.c;
-            for (int64_t c = 0; c < g.c; ++c) {
-              ys[base + c] = static_cast<T>(Family::Forward(
-                  static_cast<float>(xs[base + c]), &p[c], g.c, eps));
-            }
+            float* target = Target(ys + base, out.data());
+            ForwardRow<Family, true>(AsFloat(xs + base, g.c, in.data()),
+                                     target, p.data(), g.c, g.c, eps);
+            Store(target, ys + base, g.c);
           }
         }
       };
@@ -240,13 +306,17 @@ class ForwardOp : public OpKernel {
     } else {
       // Units are rows (sample, channel) of S positions.
       auto work = [&](int64_t begin, int64_t end) {
-        float p[Family::K];
+        std::vector<float> in(kChunk), out(kChunk);
+        float p[K];
         for (int64_t row = begin; row < end; ++row) {
-          for (int k = 0; k < Family::K; ++k) p[k] = ps[k * nc + row];
-          const int64_t base = row * g.s;
-          for (int64_t s = 0; s < g.s; ++s) {
-            ys[base + s] = static_cast<T>(
-                Family::Forward(static_cast<float>(xs[base + s]), p, 1, eps));
+          for (int k = 0; k < K; ++k) p[k] = ps[k * nc + row];
+          for (int64_t s = 0; s < g.s; s += kChunk) {
+            const int64_t base = row * g.s + s;
+            const int64_t len = std::min(kChunk, g.s - s);
+            float* target = Target(ys + base, out.data());
+            ForwardRow<Family, false>(AsFloat(xs + base, len, in.data()),
+                                      target, p, 1, len, eps);
+            Store(target, ys + base, len);
           }
         }
       };
@@ -302,7 +372,7 @@ class BackwardOp : public OpKernel {
       const int64_t units = g.n * per_sample;
       std::vector<double> partial(units * g.c * K, 0.0);
       auto work = [&](int64_t begin, int64_t end) {
-        std::vector<float> p(K * g.c);
+        std::vector<float> p(K * g.c), in_dy(g.c), in_x(g.c), out(g.c);
         int64_t loaded = -1;
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t n = unit / per_sample;
@@ -316,20 +386,19 @@ class BackwardOp : public OpKernel {
           const int64_t s1 = std::min(g.s, s0 + rows);
           for (int64_t s = s0; s < s1; ++s) {
             const int64_t base = (n * g.s + s) * g.c;
-            for (int64_t c = 0; c < g.c; ++c) {
-              dxs[base + c] = static_cast<T>(Family::Backward(
-                  static_cast<float>(dys[base + c]),
-                  static_cast<float>(xs[base + c]), &p[c], g.c, eps,
-                  &acc[c]));
-            }
+            float* target = Target(dxs + base, out.data());
+            BackwardRowLast<Family>(AsFloat(dys + base, g.c, in_dy.data()),
+                                    AsFloat(xs + base, g.c, in_x.data()),
+                                    target, p.data(), g.c, g.c, eps, acc);
+            Store(target, dxs + base, g.c);
           }
         }
       };
       ::tensorflow::Shard(threads->num_threads, threads->workers, units,
                           rows * g.c * 16, work);
       for (int64_t n = 0; n < g.n; ++n) {
-        for (int64_t c = 0; c < g.c; ++c) {
-          for (int k = 0; k < K; ++k) {
+        for (int k = 0; k < K; ++k) {
+          for (int64_t c = 0; c < g.c; ++c) {
             double total = 0.0;
             for (int64_t u = 0; u < per_sample; ++u)
               total += partial[((n * per_sample + u) * K + k) * g.c + c];
@@ -339,15 +408,19 @@ class BackwardOp : public OpKernel {
       }
     } else {
       auto work = [&](int64_t begin, int64_t end) {
+        std::vector<float> in_dy(kChunk), in_x(kChunk), out(kChunk);
         float p[K];
         for (int64_t row = begin; row < end; ++row) {
           for (int k = 0; k < K; ++k) p[k] = ps[k * nc + row];
           double acc[K] = {};
-          const int64_t base = row * g.s;
-          for (int64_t s = 0; s < g.s; ++s) {
-            dxs[base + s] = static_cast<T>(Family::Backward(
-                static_cast<float>(dys[base + s]),
-                static_cast<float>(xs[base + s]), p, 1, eps, acc));
+          for (int64_t s = 0; s < g.s; s += kChunk) {
+            const int64_t base = row * g.s + s;
+            const int64_t len = std::min(kChunk, g.s - s);
+            float* target = Target(dxs + base, out.data());
+            BackwardRowFirst<Family>(AsFloat(dys + base, len, in_dy.data()),
+                                     AsFloat(xs + base, len, in_x.data()),
+                                     target, p, len, eps, acc);
+            Store(target, dxs + base, len);
           }
           for (int k = 0; k < K; ++k)
             dps[k * nc + row] = static_cast<float>(acc[k]);
