@@ -18,21 +18,25 @@ def _run(script, *flags, timeout=600):
   return result
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_norm_act_overhead(tmp_path, policy):
+@pytest.mark.parametrize("policy, layers, paths, expected", [
+    ("float32", "evonorm_b0,keras_bn_relu", "fused,composite",
+     ["bn_relu", "evonorm_b0", "evonorm_b0 [composite]", "keras_bn_relu"]),
+    ("mixed_bfloat16", "evonorm_s0", "fused", ["bn_relu", "evonorm_s0"]),
+])
+def test_norm_act_overhead(tmp_path, policy, layers, paths, expected):
   output = tmp_path / "rows.json"
-  result = _run("norm_act_overhead.py", "--layers=evonorm_b0,keras_bn_relu",
+  result = _run("norm_act_overhead.py", f"--layers={layers}",
                 "--models=resnet_v2_50", "--image_size=64", "--batch_size=2",
                 "--rounds=1", "--steps_per_round=2", "--warmup_steps=1",
-                f"--policy={policy}", f"--json_output={output}")
+                f"--paths={paths}", f"--policy={policy}",
+                f"--json_output={output}")
   rows = json.loads(output.read_text())["rows"]
-  assert [r["layer"] for r in rows] == ["bn_relu", "evonorm_b0",
-                                        "keras_bn_relu"]
+  assert [r["layer"] for r in rows] == expected
   assert rows[0]["time_ratio"] == 1.0 and rows[0]["memory_ratio"] == 1.0
   assert all(r["median_step_ms"] > 0 and r["peak_step_mib"] > 0
              for r in rows)
   assert f"policy {policy}" in result.stdout
-  assert "| resnet_v2_50 | evonorm_b0 |" in result.stdout
+  assert f"| resnet_v2_50 | {expected[1]} |" in result.stdout
 
 
 def test_search_throughput(tmp_path):
