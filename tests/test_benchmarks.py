@@ -19,8 +19,8 @@ def _run(script, *flags, timeout=600):
 
 
 @pytest.mark.parametrize("policy, layers, paths, expected", [
-    ("float32", "evonorm_b0,keras_bn_relu", "fused,composite",
-     ["bn_relu", "evonorm_b0", "evonorm_b0 [composite]", "keras_bn_relu"]),
+    ("float32", "evonorm_b0", "fused,composite",
+     ["bn_relu", "evonorm_b0", "evonorm_b0 [composite]"]),
     ("mixed_bfloat16", "evonorm_s0", "fused", ["bn_relu", "evonorm_s0"]),
 ])
 def test_norm_act_overhead(tmp_path, policy, layers, paths, expected):
@@ -65,8 +65,9 @@ def test_detection_cost():
 
 
 def test_gan_step_time():
-  result = _run("gan_step_time.py", "--layers=evonorm_b0", "--resolution=32",
+  # The baseline alone: every layer's row is the same code (a second layer
+  # costs another minute of tracing).
+  result = _run("gan_step_time.py", "--layers=bn_relu", "--resolution=32",
                 "--ch=4", "--batch_size=2", "--rounds=1",
                 "--steps_per_round=1")
-  assert "| bn_relu |" in result.stdout and "| evonorm_b0 |" in result.stdout
-  assert "1.00x" in result.stdout
+  assert "| bn_relu |" in result.stdout and "1.00x" in result.stdout

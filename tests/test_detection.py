@@ -62,13 +62,16 @@ def _build(name, overrides):
   return params, task_factory.get_task(params.task).build_model()
 
 
-@pytest.mark.parametrize("layer", ["evonorm_b0", "evonorm_s0"])
-@pytest.mark.parametrize("name, overrides", [
-    ("evonorm_maskrcnn_r50fpn_coco", "task.model.input_size=[128,128,3]"),
+# One EvoNorm per model: the census is about the sites, which the layer
+# choice does not change (every layer reaches every site: see
+# test_forward_and_backward_with_each_table5_layer).
+@pytest.mark.parametrize("name, overrides, layer", [
+    ("evonorm_maskrcnn_r50fpn_coco", "task.model.input_size=[128,128,3]",
+     "evonorm_b0"),
     ("evonorm_maskrcnn_spinenet96_coco",
      "task.model.input_size=[128,128,3],"
-     "task.model.backbone.evonorm_spinenet.model_id=49"),
-], ids=["r50_fpn", "spinenet49"])
+     "task.model.backbone.evonorm_spinenet.model_id=49", "evonorm_s0"),
+], ids=["r50_fpn-evonorm_b0", "spinenet49-evonorm_s0"])
 def test_census_per_component(name, overrides, layer):
   params, model = _build(name, f"{overrides},"
                          f"task.model.norm_activation.type={layer}")
@@ -104,6 +107,10 @@ def test_forward_and_backward_with_each_table5_layer(layer, shapes_dir):
       "task.model.backbone.evonorm_resnet.bn_trainable=false")
   task = task_factory.get_task(params.task)
   model = task.build_model()
+  expected = evonorm_layers.get_norm_activation_factory(layer)
+  for component in COMPONENTS:  # every site has the chosen layer
+    norms = _norms(getattr(model, component))
+    assert norms and all(type(n) is expected for n in norms), component
   backbone_norms = _norms(model.backbone)
   assert backbone_norms and not any(n.trainable for n in backbone_norms)
   trainable = {id(v) for v in model.trainable_variables}
@@ -266,8 +273,9 @@ def test_quickstart_trains_evaluates_exports_and_draws(tmp_path):
   workdir = str(tmp_path / "quickstart")
   result = subprocess.run(
       [sys.executable, "-m", "evonorm_detection.quickstart",
-       f"--workdir={workdir}", "--epochs=1",
-       "--params_override=task.train_data.global_batch_size=64,"
+       f"--workdir={workdir}", "--steps=2",
+       "--params_override=task.train_data.global_batch_size=8,"
+       "task.validation_data.global_batch_size=8,"
        "trainer.steps_per_loop=2,trainer.validation_steps=2"],
       capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -41,6 +41,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "evonorm_detection_quickstart",
                                "Data, checkpoints, the export and pictures.")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Passes over the 256 training "
                                "images.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", None, "Training steps; by default "
+                              "--epochs passes over the training images.",
+                              lower_bound=1)
 _OVERRIDE = flags.DEFINE_string("params_override", "",
                                 "Further experiment overrides.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print TensorFlow's and the "
@@ -49,7 +52,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print TensorFlow's and the "
 
 
 def experiment_params(layer: str, data_dir: str, epochs: int,
-                      params_override: str = ""):
+                      params_override: str = "", steps: int | None = None):
   """The quickstart experiment for ``layer`` on the data in ``data_dir``."""
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={layer}",
@@ -61,7 +64,7 @@ def experiment_params(layer: str, data_dir: str, epochs: int,
   params = export_saved_model.load_params(EXPERIMENT, (), overrides)
   steps_per_epoch = (shapes.SPLITS["train"] //
                      params.task.train_data.global_batch_size)
-  steps = epochs * steps_per_epoch
+  steps = steps or epochs * steps_per_epoch
   boundary = max(1, int(0.8 * steps))
   return export_saved_model.load_params(EXPERIMENT, (), ",".join([
       overrides, f"trainer.train_steps={steps}",
@@ -119,11 +122,12 @@ def draw_predictions(images, outputs, path: str, min_score: float = 0.5):
 
 
 def run(layer: str, workdir: str, epochs: int, params_override: str = "",
-        verbose: bool = False) -> dict:
+        verbose: bool = False, steps: int | None = None) -> dict:
   """Trains, evaluates, exports, reloads and draws; returns the results."""
   data_dir = os.path.join(workdir, "data")
   with cli.user_errors():  # bad names and overrides, before any work
-    params = experiment_params(layer, data_dir, epochs, params_override)
+    params = experiment_params(layer, data_dir, epochs, params_override,
+                               steps)
   shapes.write_shapes_dataset(data_dir)
   model_dir = os.path.join(workdir, layer)
   tf_keras.backend.clear_session()
@@ -149,7 +153,7 @@ def run(layer: str, workdir: str, epochs: int, params_override: str = "",
 def main(argv):
   del argv
   r = run(_LAYER.value, _WORKDIR.value, _EPOCHS.value, _OVERRIDE.value,
-          _VERBOSE.value)
+          _VERBOSE.value, _STEPS.value)
   print("\n| layer | box AP | mask AP | detections (score >= 0.5) on 4 "
         "validation images, reloaded SavedModel |")
   print("|---|---:|---:|---:|")
