@@ -54,3 +54,15 @@ def randomize_variables(layer, rng: np.random.Generator):
 
 def random_input(rng, shape, scale=2.0, shift=0.5):
   return (rng.normal(shift, scale, shape)).astype(np.float32)
+
+
+def split_over_replicas(strategy, array, per_replica: int):
+  """A distributed value whose replica ``i`` holds
+  ``array[i * per_replica:(i + 1) * per_replica]``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def shard(ctx):
+    start = ctx.replica_id_in_sync_group * per_replica
+    return tf.constant(array[start:start + per_replica])
+
+  return strategy.experimental_distribute_values_from_function(shard)

@@ -19,6 +19,7 @@ from evonorm_detection import heads
 from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
 from evonorm_detection.data import shapes
 from evonorm_vision import export_saved_model
+from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
 QUICKSTART = "evonorm_maskrcnn_shapes_quickstart"
@@ -190,10 +191,7 @@ def test_synchronized_b0_head_equals_one_device_on_the_full_batch():
                   if w.name.split("/", 1)[1] == v.name.split("/", 1)[1]))
 
   def shard(array):
-    return strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group *
-                                      per_replica:(ctx.replica_id_in_sync_group
-                                                   + 1) * per_replica]))
+    return layer_helpers.split_over_replicas(strategy, array, per_replica)
 
   @tf.function
   def step(x, c):

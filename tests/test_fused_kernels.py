@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import evonorm_layers
 from evonorm_layers import fused
+from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
 EVONORMS = ["evonorm_b0", "evonorm_b1", "evonorm_b2", "evonorm_s0",
@@ -149,11 +150,7 @@ def test_synchronized_b0_under_mirrored_strategy():
   x = np.random.default_rng(5).normal(size=(2 * NUM_LOGICAL_CPUS, 4, 4, 8))
   x = x.astype(np.float32)
 
-  def shard(ctx):
-    i = ctx.replica_id_in_sync_group
-    return tf.constant(x[2 * i:2 * i + 2])
-
-  inputs = strategy.experimental_distribute_values_from_function(shard)
+  inputs = layer_helpers.split_over_replicas(strategy, x, 2)
   results = {}
   for path in ("on", "off"):
 

@@ -19,6 +19,7 @@ from evonorm_gan import export
 from evonorm_gan import models
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
+from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
 TABLE6_LAYERS = ["bn_relu", "evonorm_b0", "evonorm_s0", "gn_relu", "ln_relu",
@@ -99,10 +100,7 @@ def test_synchronized_generator_equals_one_device(name):
   y = rng.integers(0, 10, per_replica * NUM_LOGICAL_CPUS).astype(np.int32)
 
   def shard(array):
-    return strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group *
-                                      per_replica:(ctx.replica_id_in_sync_group
-                                                   + 1) * per_replica]))
+    return layer_helpers.split_over_replicas(strategy, array, per_replica)
 
   @tf.function
   def run(z, y):

@@ -252,13 +252,30 @@ void BackwardRowFirst(const float* __restrict dy, const float* __restrict x,
     for (int k = 0; k < Family::K; ++k) acc[k] += lanes[j * Family::K + k];
 }
 
-template <typename Family, typename T>
-class ForwardOp : public OpKernel {
+// Attributes shared by the forward and backward kernels.
+class ElementwiseKernel : public OpKernel {
  public:
-  explicit ForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit ElementwiseKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
   }
+
+ protected:
+  bool channels_last_;
+  float epsilon_;
+};
+
+// Sample n's operands, [K, C], from params [K, N, C] (nc = N * C).
+inline void LoadSample(const float* ps, int k_count, int64_t nc, int64_t n,
+                       int64_t c, float* p) {
+  for (int k = 0; k < k_count; ++k)
+    std::copy_n(ps + k * nc + n * c, c, p + k * c);
+}
+
+template <typename Family, typename T>
+class ForwardOp : public ElementwiseKernel {
+ public:
+  explicit ForwardOp(OpKernelConstruction* ctx) : ElementwiseKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -285,9 +302,8 @@ class ForwardOp : public OpKernel {
         int64_t loaded = -1;
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t n = unit / per_sample;
-          if (n != loaded) {  // this sample's operands, [K, C]
-            for (int k = 0; k < K; ++k)
-              std::copy_n(ps + k * nc + n * g.c, g.c, &p[k * g.c]);
+          if (n != loaded) {
+            LoadSample(ps, K, nc, n, g.c, p.data());
             loaded = n;
           }
           const int64_t s0 = (unit % per_sample) * rows;
@@ -324,19 +340,12 @@ class ForwardOp : public OpKernel {
                           g.s * 8, work);
     }
   }
-
- private:
-  bool channels_last_;
-  float epsilon_;
 };
 
 template <typename Family, typename T>
-class BackwardOp : public OpKernel {
+class BackwardOp : public ElementwiseKernel {
  public:
-  explicit BackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  explicit BackwardOp(OpKernelConstruction* ctx) : ElementwiseKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
@@ -376,9 +385,8 @@ class BackwardOp : public OpKernel {
         int64_t loaded = -1;
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t n = unit / per_sample;
-          if (n != loaded) {  // this sample's operands, [K, C]
-            for (int k = 0; k < K; ++k)
-              std::copy_n(ps + k * nc + n * g.c, g.c, &p[k * g.c]);
+          if (n != loaded) {
+            LoadSample(ps, K, nc, n, g.c, p.data());
             loaded = n;
           }
           double* acc = &partial[unit * g.c * K];
@@ -430,10 +438,6 @@ class BackwardOp : public OpKernel {
                           g.s * 16, work);
     }
   }
-
- private:
-  bool channels_last_;
-  float epsilon_;
 };
 
 ::tensorflow::Status ForwardShape(InferenceContext* c) {
