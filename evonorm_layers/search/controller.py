@@ -83,7 +83,9 @@ class SearchConfig:
 
 # -- the worker side ---------------------------------------------------------
 
+# Per worker process and proxy: the data and the built, traced anchors.
 _WORKER_DATA: dict[str, proxies.ProxyData] = {}
+_WORKER_SESSIONS: dict[str, dict] = {}
 
 
 def evaluate_in_worker(candidate: dict, proxy: dict,
@@ -106,7 +108,8 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
     _WORKER_DATA[key] = proxies.load_data(config)
   record = evaluation.evaluate(LayerGraph.from_dict(candidate["graph"]),
                                config, _WORKER_DATA[key],
-                               known_probes=set(known_probes))
+                               known_probes=set(known_probes),
+                               sessions=_WORKER_SESSIONS.setdefault(key, {}))
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
   return record
 

@@ -20,6 +20,7 @@ a crash; every step's wall time is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -30,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers.search import known_layers
+from evonorm_layers.search import program
 from evonorm_layers.search import proxies
 from evonorm_layers.search.graph import LayerGraph
 from evonorm_layers.search.layer import SearchedNormActivation
@@ -111,9 +114,12 @@ def _loss(model, x, y, training=True):
   return loss + tf.add_n(model.losses) if model.losses else loss
 
 
-def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
-                   config: proxies.ProxyConfig) -> dict:
-  """Adversarial gradient-norm ascent; returns its record or raises."""
+def make_ascent_step(model: tf_keras.Model, data: proxies.ProxyData,
+                     config: proxies.ProxyConfig):
+  """The stability protocol's step, traced once for ``model``: one step of
+  gradient ascent on the weights towards a larger ``||dL/dtheta||`` (each
+  variable moves by ``stability_step_size`` times its norm); returns the
+  gradient norm before the step."""
   x, y = next(iter(proxies.batches(data.train, config.stability_batch,
                                    config.seed)))
   variables = model.trainable_variables
@@ -128,12 +134,22 @@ def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
     directions = outer.gradient(norm, variables)
     for variable, direction in zip(variables, directions):
       if direction is not None:
-        # A step of stability_step_size relative to the variable's norm.
         step = config.stability_step_size * (tf.norm(variable) + 1e-3)
         variable.assign_add(step * tf.math.divide_no_nan(
             direction, tf.norm(direction)))
     return norm
 
+  return ascend
+
+
+def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
+                   config: proxies.ProxyConfig, ascend=None) -> dict:
+  """Adversarial gradient-norm ascent; returns its record or raises.
+
+  ``ascend``: the model's traced step from :func:`make_ascent_step` (made
+  here if not given). The model's weights are left perturbed.
+  """
+  ascend = ascend or make_ascent_step(model, data, config)
   largest = 0.0
   for step in range(1, config.stability_steps + 1):
     norm = float(ascend())
@@ -145,7 +161,8 @@ def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
 
 class ProxyTrainer:
   """SGD with momentum and cosine decay over ``config.train_steps``, with
-  the training step and the evaluation compiled once per model."""
+  the training step and the evaluation compiled once per model;
+  :meth:`reset` starts a new run on the same traced functions."""
 
   def __init__(self, model, data: proxies.ProxyData,
                config: proxies.ProxyConfig):
@@ -154,8 +171,8 @@ class ProxyTrainer:
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         config.learning_rate, config.train_steps)
     self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9)
-    self.iterator = iter(proxies.batches(data.train, config.batch_size,
-                                         config.seed))
+    self.dataset = proxies.batches(data.train, config.batch_size, config.seed)
+    self.iterator = iter(self.dataset)
 
     @tf.function
     def step(x, y):
@@ -172,6 +189,14 @@ class ProxyTrainer:
               tf.reduce_all(tf.math.is_finite(logits)))
 
     self._step, self._correct = step, correct
+
+  def reset(self):
+    """Step 0 again: the optimizer's state zeroed and the data restarted
+    (the model's weights are the caller's)."""
+    for variable in self.optimizer.variables():
+      variable.assign(tf.zeros_like(variable))
+    self.iterator = iter(self.dataset)
+    self.steps_done = 0
 
   def train_until(self, steps: int):
     while self.steps_done < steps:
@@ -195,9 +220,82 @@ class ProxyTrainer:
     return correct / n
 
 
+@contextlib.contextmanager
+def without_graph_optimizations():
+  """Grappler off while functions are first run (instantiated), restored
+  after. The interpreter's second-order graphs take Grappler minutes to
+  optimize (measured: the stability step 64 s with, 9 s without) for no
+  measurable gain per step."""
+  options = tf.config.optimizer.get_experimental_options()
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer":
+                                                True})
+  try:
+    yield
+  finally:
+    tf.config.optimizer.set_experimental_options(
+        {**options, "disable_meta_optimizer": options.get(
+            "disable_meta_optimizer", False)})
+
+
+class AnchorSession:
+  """One anchor, built and traced once, that evaluates any candidate.
+
+  The anchor is built with ``ProgramNormActivation`` at every norm site;
+  its training step, evaluation and stability step are traced on creation
+  (``setup_seconds``). :meth:`start` loads a candidate's graph and puts
+  every weight and the optimizer back to their initial values, so each
+  candidate trains from the same initialization, on the same batches, as
+  a freshly built model would, without building or tracing anything.
+  """
+
+  WARM_UP = known_layers.KNOWN_GRAPHS["bn_relu"]
+
+  def __init__(self, anchor: str, config: proxies.ProxyConfig,
+               data: proxies.ProxyData):
+    start = time.perf_counter()
+    self.anchor, self.config = anchor, config
+    tf_keras.utils.set_random_seed(config.seed)
+
+    def make_norm(nonlinearity: bool = True):
+      return program.ProgramNormActivation(groups=config.groups,
+                                           nonlinearity=nonlinearity)
+
+    self.model = proxies.build_model(anchor, make_norm, config,
+                                     data.num_classes)
+    self.initial_weights = self.model.get_weights()
+    self.trainer = ProxyTrainer(self.model, data, config)
+    self.ascend = (make_ascent_step(self.model, data, config)
+                   if config.stability_steps else None)
+    self.setup_stages = {"build": time.perf_counter() - start}
+    # Trace everything now, on a known layer, so candidates only run.
+    self.start(self.WARM_UP)
+    with without_graph_optimizations():
+      for stage, run in (("trace_training",
+                          lambda: self.trainer.train_until(1)),
+                         ("trace_evaluation", self.trainer.accuracy),
+                         ("trace_stability", self.ascend)):
+        if run is not None:
+          begin = time.perf_counter()
+          run()
+          self.setup_stages[stage] = time.perf_counter() - begin
+    self.setup_seconds = time.perf_counter() - start
+
+  def start(self, graph: LayerGraph):
+    """Loads ``graph``; weights, statistics and optimizer to step 0."""
+    self.model.set_weights(self.initial_weights)
+    program.load_program(self.model, graph)
+    self.trainer.reset()
+
+  def stability(self, graph: LayerGraph) -> dict:
+    self.start(graph)
+    return stability_test(self.model, self.trainer.data, self.config,
+                          self.ascend)
+
+
 def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
              data: proxies.ProxyData,
-             known_probes: frozenset[str] | set[str] = frozenset()
+             known_probes: frozenset[str] | set[str] = frozenset(),
+             sessions: dict[str, AnchorSession] | None = None
              ) -> dict[str, Any]:
   """Runs the protocols and the proxy training for one candidate.
 
@@ -205,42 +303,50 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   the same function as a layer already evaluated: the record is then just
   ``{"status": "cached", "probe": ...}``.
 
+  ``sessions`` (anchor -> ``AnchorSession``) are reused across calls: pass
+  the same dict to evaluate many candidates; missing anchors are built and
+  traced into it, and that time is recorded as the stage ``setup``.
+
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
   (accuracy per anchor after ``quality_steps``), ``stability`` and
-  ``seconds`` per stage.
+  ``seconds`` per stage (``probe``, ``setup``, ``stability``, ``quality``,
+  ``training``, ``evaluation`` and ``total``).
   """
   timer = Timer()
   record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
   start = time.perf_counter()
-  tf_keras.backend.clear_session()
+  sessions = {} if sessions is None else sessions
+
+  def session(anchor):
+    if anchor not in sessions:
+      with timer("setup"):
+        sessions[anchor] = AnchorSession(anchor, config, data)
+    return sessions[anchor]
+
   try:
     with timer("probe"):
       record["probe"] = probe(graph)
     if record["probe"] in known_probes:
       return {"status": "cached", "probe": record["probe"]}
-    make_norm = norm_factory(graph, config)
     for anchor in (config.anchors if config.stability_steps else ()):
+      runner = session(anchor)
       with timer("stability"):
-        model = proxies.build_model(anchor, make_norm, config,
-                                    data.num_classes)
-        record["stability"][anchor] = stability_test(model, data, config)
-    trainers = {}
+        record["stability"][anchor] = runner.stability(graph)
     for anchor in config.anchors:
+      runner = session(anchor)
       with timer("quality"):
-        tf_keras.utils.set_random_seed(config.seed)
-        trainer = ProxyTrainer(proxies.build_model(
-            anchor, make_norm, config, data.num_classes), data, config)
-        trainer.train_until(config.quality_steps)
-        accuracy = trainer.accuracy()
-        record["quality"][anchor] = accuracy
+        runner.start(graph)
+        runner.trainer.train_until(config.quality_steps)
+      with timer("evaluation"):
+        accuracy = record["quality"][anchor] = runner.trainer.accuracy()
       if accuracy < config.quality_threshold:
         raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
-      trainers[anchor] = trainer
-    for anchor, trainer in trainers.items():
+    for anchor in config.anchors:
       with timer("training"):
-        trainer.train_until(config.train_steps)
-        record["fitness"][anchor] = trainer.accuracy()
+        sessions[anchor].trainer.train_until(config.train_steps)
+      with timer("evaluation"):
+        record["fitness"][anchor] = sessions[anchor].trainer.accuracy()
     record.update(status="accepted", reason=None)
   except Rejected as rejection:
     record.update(status="rejected", reason=rejection.reason,
@@ -249,6 +355,8 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
     # e.g. a NaN caught by a numerics check inside TensorFlow.
     record.update(status="rejected", reason="nan",
                   rejection={"error": str(error).splitlines()[0][:200]})
-  timer.seconds["total"] = time.perf_counter() - start
+  # A candidate's cost: what it ran, not the one-off setup of a session.
+  timer.seconds["total"] = (time.perf_counter() - start -
+                            timer.seconds.get("setup", 0.0))
   record["seconds"] = timer.seconds
   return record

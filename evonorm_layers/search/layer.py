@@ -145,17 +145,8 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     return tf.sqrt(second + self.epsilon)
 
   def _series_normalization(self, x, training, affine):
-    if self.batch_dependent:
-
-      def batch_variance():
-        moments = self.batch_moments(x)
-        return {"variance": moments.variance}, moments.count
-
-      var = self.batch_or_moving(training, batch_variance)["variance"]
-    else:
-      var = stats_lib.group_moments(
-          *stats_lib.instance_moments(x, self.layout), self.layout,
-          self.resolved_groups)[1]
+    var = series_variance(self, x, training, self.batch_dependent,
+                          self.resolved_groups)
     return affine_lib.scale_shift(
         x, *affine.fold(tf.math.rsqrt(var + self.epsilon)))
 
@@ -163,6 +154,23 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     config = super().get_config()
     config.update(graph=self.graph.to_dict(), groups=self.groups)
     return config
+
+
+def series_variance(layer: base.BatchDependentNormActivation, x: tf.Tensor,
+                    training, batch_dependent: bool, groups: int):
+  """The variance a ``nonlinearity=False`` site divides by: the batch
+  variance (moving in inference) for B-series graphs, the group variance
+  otherwise."""
+  if batch_dependent:
+
+    def batch_variance():
+      moments = layer.batch_moments(x)
+      return {"variance": moments.variance}, moments.count
+
+    return layer.batch_or_moving(training, batch_variance,
+                                 ("variance",))["variance"]
+  return stats_lib.group_moments(
+      *stats_lib.instance_moments(x, layer.layout), layer.layout, groups)[1]
 
 
 class SearchedLayerFactory:

@@ -1,0 +1,155 @@
+"""The interpreted layer equals the compiled one, for any graph.
+
+``ProgramNormActivation`` runs a graph held in variables, so the search
+traces each anchor once; these tests check it computes exactly what
+``SearchedNormActivation`` computes for the same graph: outputs in training
+and inference (moving statistics included), first derivatives with respect
+to the input and every weight, and the second derivatives the stability
+protocol differentiates.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evonorm_layers.search import evolution
+from evonorm_layers.search import known_layers
+from evonorm_layers.search import program
+from evonorm_layers.search.graph import graph
+from evonorm_layers.search.layer import SearchedNormActivation
+
+SHAPE = (6, 5, 5, 8)
+
+
+def _random_graphs(count, seed=3):
+  rng = np.random.default_rng(seed)
+  found = []
+  while len(found) < count:
+    g = evolution.random_graph(rng)
+    if g.uses("x"):
+      found.append(g)
+  return found
+
+
+GRAPHS = {**known_layers.KNOWN_GRAPHS, **{
+    f"b0_{k}": g for k, g in known_layers.B0_VARIANTS.items()}, **{
+    f"random_{i}": g for i, g in enumerate(_random_graphs(6))},
+    "all_aggregations": graph(
+        ("mean_bwh", 0), ("rms_whc", 0), ("std_whc/g", 0), ("rms_bwh", 0),
+        ("add", 4, 5), ("add", 8, 6), ("mul", 9, 7), ("add", 10, 0)),
+}
+
+
+def _pair(g, nonlinearity=True):
+  """The compiled and the interpreted layer, with equal random weights."""
+  compiled = SearchedNormActivation(g, groups=2, nonlinearity=nonlinearity)
+  interpreted = program.ProgramNormActivation(groups=2,
+                                              nonlinearity=nonlinearity)
+  compiled.build(SHAPE)
+  interpreted.build(SHAPE)
+  program.load_program(interpreted, g)
+  rng = np.random.default_rng(0)
+  for name in ("gamma", "beta", "v0", "v1"):
+    value = rng.uniform(0.5, 1.5, SHAPE[-1]).astype(np.float32)
+    targets = [getattr(layer, "v", {}).get(name) if name in ("v0", "v1")
+               else getattr(layer, name) for layer in (compiled, interpreted)]
+    for target in targets:
+      if target is not None:
+        target.assign(value)
+  return compiled, interpreted
+
+
+def _inputs(seed=1):
+  rng = np.random.default_rng(seed)
+  return tf.constant(rng.normal(0.4, 1.3, SHAPE).astype(np.float32))
+
+
+def _close(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  finite = np.isfinite(a)
+  np.testing.assert_array_equal(finite, np.isfinite(b))
+  np.testing.assert_allclose(a[finite], b[finite], rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_outputs_and_gradients_equal_the_compiled_layer(name):
+  compiled, interpreted = _pair(GRAPHS[name])
+  x = _inputs()
+  results = []
+  for layer in (compiled, interpreted):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(y * tf.sin(x))
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    # Two more training calls move the moving statistics; then inference.
+    layer(x * 0.5 + 0.2, training=True)
+    layer(_inputs(2), training=True)
+    results.append([y, *grads, layer(_inputs(4), training=False)])
+  for a, b in zip(*results):
+    _close(a, b)
+
+
+@pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0", "bn_relu",
+                                  "all_aggregations"])
+def test_v_gradients_and_second_order_equal_the_compiled_layer(name):
+  compiled, interpreted = _pair(GRAPHS[name])
+  x = _inputs()
+  direction = tf.constant(np.random.default_rng(5).normal(
+      size=SHAPE).astype(np.float32))
+  results = []
+  for layer in (compiled, interpreted):
+    v = {"v0": None, "v1": None}
+    v.update({k: w for k, w in (getattr(layer, "v", {}) or {}).items()
+              if GRAPHS[name].uses(k)})
+    weights = [w for w in v.values() if w is not None]
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        loss = tf.reduce_sum(tf.square(layer(x, training=True)))
+      dx, *dv = inner.gradient(loss, [x] + weights)
+      # Hessian-vector product through the gradient, as the stability
+      # protocol's ascent differentiates the gradient norm.
+      projected = tf.reduce_sum(dx * direction)
+    results.append([dx, *dv, outer.gradient(projected, x)])
+  for a, b in zip(*results):
+    _close(a, b)
+
+
+@pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0",
+                                  "b0_no_local_term"])
+def test_sites_without_nonlinearity_equal_the_compiled_layer(name):
+  compiled, interpreted = _pair(GRAPHS[name], nonlinearity=False)
+  x = _inputs()
+  outputs = []
+  for layer in (compiled, interpreted):
+    y = layer(x, training=True)
+    outputs.append([y, layer(_inputs(3), training=False)])
+  for a, b in zip(*outputs):
+    _close(a, b)
+
+
+def test_one_layer_runs_many_graphs_without_retracing():
+  layer = program.ProgramNormActivation(groups=2)
+  layer.build(SHAPE)
+
+  @tf.function
+  def forward(x):
+    return layer(x, training=True)
+
+  x = _inputs()
+  for name in ("evonorm_b0", "evonorm_s0", "gn_relu", "random_2"):
+    program.load_program(layer, GRAPHS[name])
+    reference = SearchedNormActivation(GRAPHS[name], groups=2)
+    _close(forward(x), reference(x, training=True))
+  assert forward.experimental_get_tracing_count() == 1
+
+
+def test_encode_rejects_nothing_it_cannot_hold():
+  g = GRAPHS["evonorm_b2"]
+  encoded, size, batch = program.encode(g)
+  assert size == len(g.canonical().nodes) and batch
+  assert encoded.shape == (10, program.COLUMNS)
+  with pytest.raises(ValueError, match="no ProgramNormActivation"):
+    program.load_program(tf.Module(), g)
