@@ -143,7 +143,7 @@ def _copy_shared_variables(searched, reference):
 # those equal only at initialization (see known_layers.py).
 EXACT = ["evonorm_b0", "evonorm_b2", "evonorm_s0", "evonorm_s1", "evonorm_s2",
          "rs_rej"]
-AT_INIT = ["evonorm_b1", "bn_relu", "gn_relu", "ln_relu", "frn_tlu"]
+AT_INIT = ["evonorm_b1", "bn_relu", "bn_silu", "gn_relu", "ln_relu", "frn_tlu"]
 
 
 @pytest.mark.parametrize("name", EXACT + AT_INIT)

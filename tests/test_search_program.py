@@ -122,10 +122,19 @@ def test_v_gradients_and_second_order_equal_the_compiled_layer(name):
 def test_sites_without_nonlinearity_equal_the_compiled_layer(name):
   compiled, interpreted = _pair(GRAPHS[name], nonlinearity=False)
   x = _inputs()
+  direction = tf.sin(x)
   outputs = []
   for layer in (compiled, interpreted):
-    y = layer(x, training=True)
-    outputs.append([y, layer(_inputs(3), training=False)])
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.square(y) * direction)
+      dx = inner.gradient(loss, x)
+      projected = tf.reduce_sum(dx * direction)
+    outputs.append([y, dx, outer.gradient(projected, x),
+                    layer(_inputs(3), training=False)])
   for a, b in zip(*outputs):
     _close(a, b)
 

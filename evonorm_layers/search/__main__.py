@@ -1,10 +1,16 @@
 r"""Runs a layer search: ``python -m evonorm_layers.search``.
 
-  # A laptop search on the bundled digits (or CIFAR-10 if prepared in TFDS):
+  # A laptop search (--preset=laptop, the default) on the bundled digits
+  # (or CIFAR-10 if prepared in TFDS):
   python -m evonorm_layers.search --output_dir=runs/b_series --workers=2
+  # Warm start from known layers, on your own architecture and images:
+  python -m evonorm_layers.search --output_dir=runs/unet \
+    --seed_layers=bn_relu,evonorm_b0 --anchors=my_pkg.models:build_unet \
+    --dataset=/data/my_images
   # The S-series search (no batch aggregations), on an existing Ray cluster:
   python -m evonorm_layers.search --output_dir=gs_or_nfs/s_series \
-    --batch_independent --address=auto --workers=500 --max_candidates=20000
+    --preset=cluster --batch_independent --address=auto --workers=500 \
+    --max_candidates=20000
   # Continue a killed or finished search (e.g. with more candidates):
   python -m evonorm_layers.search --output_dir=runs/b_series --resume \
     --max_candidates=400
@@ -25,12 +31,14 @@ from absl import flags
 from evonorm_layers import cli
 from evonorm_layers.search import controller
 from evonorm_layers.search import proxies
+from evonorm_layers.search import proxy_flags
 from evonorm_layers.search import report
 from evonorm_layers.search import store as store_lib
+from evonorm_layers.search.graph import LayerGraph
+from evonorm_layers.search.known_layers import KNOWN_GRAPHS
 
 FLAGS = flags.FLAGS
 _DEFAULTS = controller.SearchConfig()
-_PROXY = proxies.ProxyConfig()
 
 flags.DEFINE_string("output_dir", None, "Directory of the search's files.")
 flags.DEFINE_bool("resume", False, "Continue the search in --output_dir.")
@@ -47,6 +55,15 @@ flags.DEFINE_integer("max_candidates", _DEFAULTS.max_candidates,
                      "Stop after this many evaluations.", lower_bound=1)
 flags.DEFINE_bool("batch_independent", False,
                   "Exclude batch aggregations (the S-series search).")
+flags.DEFINE_list("seed_layers", [], "Start the population from these "
+                  "layers and their mutations instead of random layers: "
+                  "names of the paper's layers (" + ", ".join(
+                      sorted(KNOWN_GRAPHS)) + ") or of searched ones, or a "
+                  "best_layers.json file (all its layers).")
+flags.DEFINE_list("baselines", list(report.BASELINES), "Known layers "
+                  "evaluated first under the same proxy, for comparison in "
+                  "the report; bn_relu must pass (else the proxy is "
+                  "miscalibrated and the search stops).")
 flags.DEFINE_integer("seed", 0, "Random seed of the search.")
 flags.DEFINE_integer("workers", 2, "Candidates evaluated at once (Ray tasks "
                      "of one CPU each).", lower_bound=1)
@@ -59,47 +76,35 @@ flags.DEFINE_integer("rerank_steps", None, "Training steps of the "
 flags.DEFINE_multi_string("compare_to", [], "Output dirs of other searches "
                           "to draw in the progress plot (e.g. a random "
                           "search with rejection).")
+flags.DEFINE_float("max_minutes", None, "Stop proposing candidates after "
+                   "this many minutes (those in flight finish); --resume "
+                   "goes on.", lower_bound=0)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-# Proxy tasks.
-flags.DEFINE_enum("dataset", _PROXY.dataset, ["auto", "cifar10", "digits"],
-                  "auto: CIFAR-10 if prepared in TFDS, else the digits.")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir for CIFAR-10.")
-flags.DEFINE_list("anchors", list(_PROXY.anchors), "Anchor architectures.")
-for _name in ("image_size", "width", "blocks", "batch_size", "groups",
-              "quality_steps", "train_steps", "eval_examples",
-              "stability_steps", "stability_batch"):
-  flags.DEFINE_integer(_name, getattr(_PROXY, _name),
-                       f"Proxy setting (see ProxyConfig.{_name}).",
-                       lower_bound=0)
-for _name in ("learning_rate", "weight_decay", "quality_threshold",
-              "stability_threshold", "stability_step_size"):
-  flags.DEFINE_float(_name, getattr(_PROXY, _name),
-                     f"Proxy setting (see ProxyConfig.{_name}).")
+proxy_flags.define()
 
 # Flags that define the search; a resumed search keeps its stored values.
 _DEFINING = ("algorithm", "criterion", "population", "tournament",
-             "batch_independent", "seed")
-_PROXY_FLAGS = tuple(f.name for f in dataclasses.fields(proxies.ProxyConfig)
-                     if f.name not in ("seed", "eval_split"))
+             "batch_independent", "seed", "seed_layers")
 
 
 def config_from_flags() -> controller.SearchConfig:
-  proxy = {name: FLAGS[name].value for name in _PROXY_FLAGS}
-  proxy["anchors"] = tuple(proxy["anchors"])
+  seeds = controller.resolve_seed_layers(FLAGS.seed_layers)
   return controller.SearchConfig(
-      proxy=proxies.ProxyConfig(**proxy, seed=FLAGS.seed),
+      proxy=proxy_flags.proxy_config(FLAGS.seed),
       max_candidates=FLAGS.max_candidates,
+      seed_graphs=tuple(g.to_json() for g in seeds.values()),
       **{name: FLAGS[name].value for name in _DEFINING})
 
 
 def resumed_config(stored: dict) -> controller.SearchConfig:
   """The stored config; flags may only extend it (``--max_candidates``)."""
-  changed = [name for name in _DEFINING + _PROXY_FLAGS
-             if FLAGS[name].present and
-             FLAGS[name].value != (stored.get(name) if name in _DEFINING
-                                   else (list(stored["proxy"][name])
-                                         if name == "anchors"
-                                         else stored["proxy"][name]))]
+  changed = [name for name in _DEFINING if FLAGS[name].present and
+             FLAGS[name].value != stored.get(name)]
+  changed += [name for name, value in proxy_flags.given().items()
+              if FLAGS[name].present and (list(value) if name == "anchors"
+                                          else value) != (
+                  list(stored["proxy"][name]) if name == "anchors"
+                  else stored["proxy"][name])]
   if changed:
     raise ValueError(
         f"--resume continues the search as it was defined; these flags differ "
@@ -108,6 +113,42 @@ def resumed_config(stored: dict) -> controller.SearchConfig:
   if FLAGS["max_candidates"].present:
     stored = {**stored, "max_candidates": FLAGS.max_candidates}
   return controller.SearchConfig.from_dict(stored)
+
+
+def evaluate_baselines(config, evaluator, store, names) -> dict:
+  """Evaluates the baselines (known layers) and the seed layers once, under
+  the search's proxy; kept in ``baselines.jsonl``. Raises ValueError when
+  BN-ReLU is rejected: the proxy would not tell good layers from bad."""
+  path = store.path(report.BASELINE_LOG)
+  done = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      done = {r["layer"]: r for r in map(json.loads, f)}
+  todo = {name: KNOWN_GRAPHS[name] for name in names if name not in done}
+  for i, graph_json in enumerate(config.seed_graphs):
+    name = f"seed_{i}"
+    if name not in done:
+      todo[name] = LayerGraph.from_json(graph_json)
+  refs = {evaluator.submit({"id": -1, "graph": g.to_dict()},
+                           config.proxy.to_dict(), []): (name, g)
+          for name, g in todo.items()}
+  while refs:
+    ref = evaluator.wait_one(refs)
+    name, g = refs.pop(ref)
+    record = {**evaluator.result(ref), "layer": name, "graph": g.to_dict(),
+              "formula": g.formula(), "fingerprint": g.fingerprint()}
+    with open(path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    done[name] = record
+  bn_relu = done.get("bn_relu")
+  if bn_relu is not None and bn_relu["status"] != "accepted":
+    raise ValueError(
+        "the proxy rejects BN-ReLU (" + report.rejection_text(bn_relu) +
+        "), so it cannot tell good layers from bad: raise --quality_steps or "
+        "--learning_rate, lower --quality_threshold, or pick another "
+        "--preset; `python -m evonorm_layers.search.calibrate` with the "
+        "same proxy flags prints what it accepts and rejects.")
+  return done
 
 
 def rerank(config, search_records, evaluator, store, top_k, steps):
@@ -145,19 +186,30 @@ def main(argv):
     if not FLAGS.output_dir:
       raise ValueError("--output_dir is required: the directory of the "
                        "search's log, checkpoint and report.")
+    unknown = sorted(set(FLAGS.baselines) - set(KNOWN_GRAPHS))
+    if unknown:
+      raise ValueError(f"Unknown --baselines {unknown}; choose among "
+                       f"{sorted(KNOWN_GRAPHS)}.")
     store = store_lib.SearchStore(FLAGS.output_dir)
     if FLAGS.resume:
       config = resumed_config(store.open_existing())
     else:
       config = config_from_flags()
+      # The data and the anchors are checked here, before any work.
+      proxies.check_anchors(config.proxy, proxies.load_data(config.proxy))
       store.create(config.to_dict())
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())
 
   evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address)
   try:
+    with cli.user_errors():
+      baselines = evaluate_baselines(config, evaluator, store,
+                                     FLAGS.baselines)
     records = controller.Search(config, store, evaluator, FLAGS.workers,
-                                progress=FLAGS.progress).run()
+                                progress=FLAGS.progress).run(
+                                    None if FLAGS.max_minutes is None
+                                    else 60 * FLAGS.max_minutes)
     reranked = None
     if FLAGS.rerank_top_k:
       reranked = rerank(config, records, evaluator, store, FLAGS.rerank_top_k,
@@ -168,7 +220,8 @@ def main(argv):
              store_lib.SearchStore(d).records() for d in FLAGS.compare_to}
   path = report.write_report(store.output_dir, config.to_dict(), records,
                              reranked, compare, top_k=max(
-                                 FLAGS.rerank_top_k, 10))
+                                 FLAGS.rerank_top_k, 10),
+                             baselines=baselines)
   print(f"\nReport: {path}")
 
 

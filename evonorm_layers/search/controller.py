@@ -52,6 +52,8 @@ class SearchConfig:
   max_candidates: int = 200
   batch_independent: bool = False
   seed: int = 0
+  seed_layers: tuple[str, ...] = ()  # as given (names or files)
+  seed_graphs: tuple[str, ...] = ()  # their graphs, as JSON
   proxy: proxies.ProxyConfig = proxies.ProxyConfig()
 
   def __post_init__(self):
@@ -68,6 +70,10 @@ class SearchConfig:
     if self.tournament > self.population:
       raise ValueError(f"tournament ({self.tournament}) cannot exceed "
                        f"population ({self.population}).")
+    if self.seed_graphs and self.algorithm != "evolution":
+      raise ValueError("--seed_layers start an evolution's population; "
+                       "random search draws every layer at random. Drop "
+                       "--seed_layers or use --algorithm=evolution.")
 
   def to_dict(self) -> dict:
     data = dataclasses.asdict(self)
@@ -78,7 +84,40 @@ class SearchConfig:
   def from_dict(cls, data: dict) -> "SearchConfig":
     data = dict(data)
     data["proxy"] = proxies.ProxyConfig.from_dict(data.get("proxy", {}))
+    for name in ("seed_layers", "seed_graphs"):
+      data[name] = tuple(data.get(name, ()))
     return cls(**data)
+
+
+def resolve_seed_layers(names) -> dict[str, LayerGraph]:
+  """Graphs of ``--seed_layers`` entries: the paper's layers by name
+  (``known_layers``), searched layers registered by name, or the path of a
+  ``best_layers.json`` (all its layers)."""
+  from evonorm_layers import registry  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import known_layers  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import layer as layer_lib  # pylint: disable=g-import-not-at-top
+  graphs = {}
+  for name in names:
+    if name in known_layers.KNOWN_GRAPHS:
+      graphs[name] = known_layers.KNOWN_GRAPHS[name]
+    elif name.endswith(".json"):
+      if not os.path.exists(name):
+        raise FileNotFoundError(f"--seed_layers: no file {name!r} (a "
+                                "search's best_layers.json).")
+      for found in layer_lib.load_searched_layers(name):
+        graphs[found] = registry.get_norm_activation_factory(found).graph
+    else:
+      try:
+        factory = registry.get_norm_activation_factory(name)
+      except ValueError:
+        factory = None
+      if not isinstance(factory, layer_lib.SearchedLayerFactory):
+        raise ValueError(
+            f"--seed_layers: {name!r} is not a layer of the search space: "
+            f"use one of {sorted(known_layers.KNOWN_GRAPHS)}, a searched "
+            "layer's name, or a best_layers.json file.")
+      graphs[name] = factory.graph
+  return graphs
 
 
 # -- the worker side ---------------------------------------------------------
@@ -190,6 +229,16 @@ class Search:
       return self.pending.popleft()
     cfg = self.config
     parent = None
+    seeds = [LayerGraph.from_json(g) for g in cfg.seed_graphs]
+    if seeds and self.next_id < len(seeds):
+      # A warm start: the seed layers themselves first...
+      return self._candidate(seeds[self.next_id], "seed", None)
+    if seeds and len(self.population) < cfg.population:
+      # ...then their mutations fill the initial population.
+      graph = evolution.mutate(seeds[int(self.rng.integers(len(seeds)))],
+                               self.rng,
+                               batch_independent=cfg.batch_independent)
+      return self._candidate(graph, "seed_mutation", None)
     if cfg.algorithm == "evolution" and len(self.population) >= (
         cfg.population):
       parent = evolution.select_parent(list(self.population), cfg.tournament,
@@ -200,9 +249,12 @@ class Search:
     else:
       graph = evolution.random_graph(self.rng,
                                      batch_independent=cfg.batch_independent)
+    return self._candidate(graph, "mutation" if parent else "random",
+                           parent["id"] if parent else None)
+
+  def _candidate(self, graph: LayerGraph, origin: str, parent):
     candidate = {"id": self.next_id, "graph": graph.to_dict(),
-                 "origin": "mutation" if parent else "random",
-                 "parent": parent["id"] if parent else None, "requeues": 0}
+                 "origin": origin, "parent": parent, "requeues": 0}
     self.next_id += 1
     return candidate
 
@@ -248,15 +300,21 @@ class Search:
 
   # -- the loop ----------------------------------------------------------------
 
-  def run(self) -> list[dict]:
-    """Runs until ``max_candidates`` evaluations are logged."""
+  def run(self, max_seconds: float | None = None) -> list[dict]:
+    """Runs until ``max_candidates`` evaluations are logged, or until
+    ``max_seconds`` have passed (then the candidates in flight finish; a
+    resumed search goes on from there)."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     target = self.config.max_candidates
+    deadline = None if max_seconds is None else time.time() + max_seconds
     bar = tqdm(total=target, initial=min(len(self.records), target),
                desc="layer search", unit="layer", disable=not self.progress)
     submitted = len(self.records)
     while len(self.records) < target:
-      while (len(self.in_flight) < self.workers and
+      out_of_time = deadline is not None and time.time() > deadline
+      if out_of_time and not self.in_flight:
+        break
+      while (not out_of_time and len(self.in_flight) < self.workers and
              submitted + len(self.in_flight) < target):
         candidate = self._propose()
         if self._submit(candidate) is not None:

@@ -20,7 +20,6 @@ a crash; every step's wall time is recorded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -171,8 +170,8 @@ class ProxyTrainer:
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         config.learning_rate, config.train_steps)
     self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9)
-    self.dataset = proxies.batches(data.train, config.batch_size, config.seed)
-    self.iterator = iter(self.dataset)
+    self.iterator = iter(proxies.batches(data.train, config.batch_size,
+                                         config.seed))
 
     @tf.function
     def step(x, y):
@@ -195,7 +194,11 @@ class ProxyTrainer:
     (the model's weights are the caller's)."""
     for variable in self.optimizer.variables():
       variable.assign(tf.zeros_like(variable))
-    self.iterator = iter(self.dataset)
+    # A new pipeline: the same batches in the same order for every run
+    # (a new iterator over the old one would be shuffled anew).
+    self.iterator = iter(proxies.batches(self.data.train,
+                                         self.config.batch_size,
+                                         self.config.seed))
     self.steps_done = 0
 
   def train_until(self, steps: int):
@@ -220,21 +223,18 @@ class ProxyTrainer:
     return correct / n
 
 
-@contextlib.contextmanager
-def without_graph_optimizations():
-  """Grappler off while functions are first run (instantiated), restored
-  after. The interpreter's second-order graphs take Grappler minutes to
-  optimize (measured: the stability step 64 s with, 9 s without) for no
-  measurable gain per step."""
-  options = tf.config.optimizer.get_experimental_options()
+def disable_graph_optimizations():
+  """Turns Grappler off for this process (the search's workers, the
+  calibration command).
+
+  The interpreter's second-order graphs take Grappler about a minute per
+  anchor to optimize (measured: the stability step 64 s with it, 9 s
+  without) for no measurable gain per step; and it must stay off, because
+  functions are instantiated again, and optimized again, when the options
+  change.
+  """
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer":
                                                 True})
-  try:
-    yield
-  finally:
-    tf.config.optimizer.set_experimental_options(
-        {**options, "disable_meta_optimizer": options.get(
-            "disable_meta_optimizer", False)})
 
 
 class AnchorSession:
@@ -253,6 +253,7 @@ class AnchorSession:
   def __init__(self, anchor: str, config: proxies.ProxyConfig,
                data: proxies.ProxyData):
     start = time.perf_counter()
+    disable_graph_optimizations()
     self.anchor, self.config = anchor, config
     tf_keras.utils.set_random_seed(config.seed)
 
@@ -269,15 +270,13 @@ class AnchorSession:
     self.setup_stages = {"build": time.perf_counter() - start}
     # Trace everything now, on a known layer, so candidates only run.
     self.start(self.WARM_UP)
-    with without_graph_optimizations():
-      for stage, run in (("trace_training",
-                          lambda: self.trainer.train_until(1)),
-                         ("trace_evaluation", self.trainer.accuracy),
-                         ("trace_stability", self.ascend)):
-        if run is not None:
-          begin = time.perf_counter()
-          run()
-          self.setup_stages[stage] = time.perf_counter() - begin
+    for stage, run in (("trace_training", lambda: self.trainer.train_until(1)),
+                       ("trace_evaluation", self.trainer.accuracy),
+                       ("trace_stability", self.ascend)):
+      if run is not None:
+        begin = time.perf_counter()
+        run()
+        self.setup_stages[stage] = time.perf_counter() - begin
     self.setup_seconds = time.perf_counter() - start
 
   def start(self, graph: LayerGraph):

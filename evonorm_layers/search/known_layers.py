@@ -7,7 +7,8 @@ space lacks, the graph uses the per-channel variable that starts at that
 value, so the two agree at initialization:
 
 * EvoNorm-B1's ``x + 1`` is ``x + v1`` (``v1`` starts at ones);
-* BN-, GN- and LayerNorm-ReLU put the affine inside the ReLU, the graph puts
+* BN-ReLU, BN-SiLU, GN- and LayerNorm-ReLU put the affine inside the
+  activation, the graph puts
   it after the graph: they agree while ``gamma = 1, beta = 0``;
 * FRN's threshold ``tau`` is ``v0`` (zeros), with the affine after the max.
 
@@ -35,6 +36,9 @@ KNOWN_GRAPHS = {
     "rs_rej": graph(("max", 0, 1), ("rms_bwh", 0), ("div", 4, 5)),
     "bn_relu": graph(("mean_bwh", 0), ("neg", 4), ("add", 0, 5),
                      ("std_bwh", 0), ("div", 6, 7), ("max", 8, 1)),
+    "bn_silu": graph(("mean_bwh", 0), ("neg", 4), ("add", 0, 5),
+                     ("std_bwh", 0), ("div", 6, 7), ("sigmoid", 8),
+                     ("mul", 8, 9)),
     "gn_relu": graph(("mean_whc/g", 0), ("neg", 4), ("add", 0, 5),
                      ("std_whc/g", 0), ("div", 6, 7), ("max", 8, 1)),
     "ln_relu": graph(("mean_whc", 0), ("neg", 4), ("add", 0, 5),

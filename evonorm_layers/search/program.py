@@ -29,7 +29,6 @@ from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
 from evonorm_layers import layout as layout_lib
 from evonorm_layers.search import graph as graph_lib
-from evonorm_layers.search import layer as layer_lib
 from evonorm_layers.search import primitives
 
 N_INITIAL = len(graph_lib.INITIAL_NODES)
@@ -226,7 +225,8 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
         name="program_batch_dependent", shape=[], dtype=tf.bool,
         initializer="zeros", trainable=False)
     self.v = {name: self.add_channel_weight(name, init)
-              for name, init in (("v0", "zeros"), ("v1", "ones"))}
+              for name, init in (("v0", "zeros"), ("v1", "ones"))
+              if self.nonlinearity}
 
   def load(self, program, size: int, batch_dependent: bool):
     """Assigns a program (from :func:`encode`) and resets ``v0``, ``v1`` and
@@ -234,8 +234,9 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
     self.program.assign(program)
     self.program_size.assign(size)
     self.program_batch.assign(batch_dependent)
-    self.v["v0"].assign(tf.zeros_like(self.v["v0"]))
-    self.v["v1"].assign(tf.ones_like(self.v["v1"]))
+    for name, value in (("v0", 0.0), ("v1", 1.0)):
+      if name in self.v:
+        self.v[name].assign(tf.fill(self.v[name].shape, value))
     self.moving["variance"].assign(tf.ones_like(self.moving["variance"]))
     self.moving_rows.assign(tf.broadcast_to(
         moving_initial_values(program, size)[:, None],
@@ -243,16 +244,10 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
 
   def normalize_activate(self, x, training, affine):
     x = tf.cast(x, tf.float32)
-    if not self.nonlinearity:
-      var = tf.cond(
-          self.program_batch,
-          lambda: layer_lib.series_variance(self, x, training, True, 0),
-          lambda: layer_lib.series_variance(self, x, training, False,
-                                            self.resolved_groups))
-      return affine_lib.scale_shift(
-          x, *affine.fold(tf.math.rsqrt(var + self.epsilon)))
     if not isinstance(training, bool):
       raise TypeError(f"{self._label} needs a Python bool `training`.")
+    if not self.nonlinearity:
+      return self._series_normalization(x, training, affine)
     y, batch_rows = interpreter(self.layout.rank, training, self.epsilon)(
         x, self.v["v0"], self.v["v1"], self.program, self.program_size,
         self.moving_rows, tf.constant(self.resolved_groups))
@@ -266,6 +261,29 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
                       tf.zeros_like(batch_rows))
       self.moving_rows.assign_sub(step)
     return affine.apply(tf.ensure_shape(y, x.shape))
+
+  def _series_normalization(self, x, training, affine):
+    """``x / sqrt(var)``: the batch variance for B-series programs, the group
+    variance otherwise (as ``SearchedNormActivation``), selected by value;
+    plain moments, so that second derivatives go through."""
+    mean, var = _moments(x, self.layout.instance_axes)
+    group_var = _group_moments(mean, var, self.resolved_groups)[1]
+    moving = self.channel_param(self.moving["variance"])[None]
+    if training:
+      batch_mean, batch_var = _moments(mean, [0])
+      batch_var += tf.reduce_mean(var, 0, keepdims=True)
+      update = tf.where(
+          self.program_batch & tf.greater(tf.shape(x)[0], 0),
+          (self.moving["variance"] - tf.reshape(
+              tf.stop_gradient(batch_var), [-1])) * (1.0 - self.momentum),
+          tf.zeros_like(self.moving["variance"]))
+      self.moving["variance"].assign_sub(update)
+    else:
+      batch_var = moving
+    var = tf.where(self.program_batch, tf.broadcast_to(batch_var, tf.shape(
+        group_var)), group_var)
+    return affine_lib.scale_shift(
+        x, *affine.fold(tf.math.rsqrt(var + self.epsilon)))
 
   def get_config(self):
     config = super().get_config()

@@ -16,14 +16,31 @@ these are this project's choices, all in ``ProxyConfig``:
 
 Every candidate layer ends with its per-channel affine. Norm sites without an
 activation (projection shortcuts, the last norm of a residual branch, MBConv
-projections) use the candidate's ``nonlinearity=False`` form. Data: CIFAR-10
-from a prepared TFDS ``data_dir`` when present, otherwise the digits images
-that scikit-learn ships (upscaled to 32x32); nothing is downloaded.
+projections) use the candidate's ``nonlinearity=False`` form.
+
+**Your own anchor**: an entry ``"my_pkg.models:build_unet"`` in ``anchors``
+names a function ``build_unet(make_norm, input_shape, num_classes)`` that
+returns a ``tf_keras.Model`` mapping ``[N, *input_shape]`` images to
+``[N, num_classes]`` logits, calling ``make_norm()`` (or
+``make_norm(nonlinearity=False)``) for every norm-activation site.
+
+**Data**: CIFAR-10 from a prepared TFDS ``data_dir`` when present,
+otherwise the digits images that scikit-learn ships; ``tfds:NAME`` for any
+prepared TFDS image-classification dataset; or a directory with one
+subdirectory of images per class. Images are resized to ``image_size``;
+nothing is downloaded.
+
+**Presets** (``PRESETS``): ``laptop`` (a 2-core machine, an hour) and
+``cluster`` (close to the paper's CIFAR-10 proxies); each is checked by
+``python -m evonorm_layers.search.calibrate --preset=NAME`` against the
+paper's known good and bad layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 from typing import Callable
 
 import numpy as np
@@ -34,12 +51,49 @@ ANCHORS = ("resnet", "mobilenet", "efficientnet")
 layers = tf_keras.layers
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def dataset_kind(dataset: str) -> str:
+  """"auto", "cifar10", "digits", "tfds" (``tfds:NAME``) or "directory"."""
+  if dataset in ("auto", "cifar10", "digits"):
+    return dataset
+  if dataset.startswith("tfds:") and len(dataset) > 5:
+    return "tfds"
+  if os.path.isdir(os.path.expanduser(dataset)):
+    return "directory"
+  raise ValueError(
+      f"Unknown dataset {dataset!r}: use auto, cifar10, digits, tfds:NAME (a "
+      "TFDS dataset prepared in --tfds_data_dir) or an existing directory "
+      "with one subdirectory of images per class.")
+
+
+def user_anchor(spec: str):
+  """The function named by ``"module.path:function"``; clear errors."""
+  module_name, _, function_name = spec.partition(":")
+  if not module_name or not function_name:
+    raise ValueError(f"Anchor {spec!r}: name a function as "
+                     "'module.path:function'.")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"Anchor {spec!r}: cannot import {module_name!r} ({e}). "
+                     "Make it importable (e.g. add its folder to PYTHONPATH)."
+                     ) from None
+  function = getattr(module, function_name, None)
+  if not callable(function):
+    raise ValueError(f"Anchor {spec!r}: {module_name!r} has no function "
+                     f"{function_name!r}.")
+  return function
+
+
 @dataclasses.dataclass(frozen=True)
 class ProxyConfig:
-  """Everything that defines the proxy tasks (defaults: a laptop search)."""
+  """Everything that defines the proxy tasks (defaults: the ``cluster``
+  preset; see ``PRESETS`` for ``laptop``)."""
 
   anchors: tuple[str, ...] = ANCHORS
-  dataset: str = "auto"  # "cifar10", "digits" or "auto" (CIFAR if prepared)
+  dataset: str = "auto"  # see dataset_kind()
   tfds_data_dir: str | None = None
   image_size: int = 32
   width: int = 16
@@ -57,15 +111,22 @@ class ProxyConfig:
   stability_threshold: float = 1e8  # ...rejecting above this gradient norm
   stability_batch: int = 8
   stability_step_size: float = 0.01  # relative to each weight's norm
+  max_examples: int = 20000  # training images kept in memory (TFDS, dirs)
   seed: int = 0
 
   def __post_init__(self):
-    unknown = sorted(set(self.anchors) - set(ANCHORS))
+    unknown = sorted(a for a in set(self.anchors)
+                     if a not in ANCHORS and ":" not in a)
     if unknown or not self.anchors:
       raise ValueError(f"Unknown proxy anchors {unknown or '(none)'}; "
-                       f"choose among {ANCHORS}.")
+                       f"choose among {ANCHORS} or name your own builder as "
+                       "'module.path:function'.")
+    for anchor in self.anchors:
+      if ":" in anchor:
+        user_anchor(anchor)
     for name in ("image_size", "width", "blocks", "batch_size", "groups",
-                 "train_steps", "eval_examples", "stability_batch"):
+                 "train_steps", "eval_examples", "stability_batch",
+                 "max_examples"):
       if getattr(self, name) < 1:
         raise ValueError(f"ProxyConfig.{name} must be at least 1; received "
                          f"{getattr(self, name)}.")
@@ -75,9 +136,7 @@ class ProxyConfig:
     if self.eval_split not in ("validation", "held_out"):
       raise ValueError("ProxyConfig.eval_split must be 'validation' or "
                        f"'held_out'; received {self.eval_split!r}.")
-    if self.dataset not in ("auto", "cifar10", "digits"):
-      raise ValueError("ProxyConfig.dataset must be 'auto', 'cifar10' or "
-                       f"'digits'; received {self.dataset!r}.")
+    dataset_kind(self.dataset)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -87,6 +146,34 @@ class ProxyConfig:
     data = dict(data)
     data["anchors"] = tuple(data.get("anchors", ANCHORS))
     return cls(**data)
+
+
+# Calibrated with `python -m evonorm_layers.search.calibrate` (README table):
+# every preset accepts the paper's good layers and rejects its bad ones.
+PRESETS: dict[str, dict] = {
+    # A 2-core machine and an hour: candidates in seconds. The stability
+    # ascent takes larger steps (5% of each weight's norm) so that layers
+    # without normalization blow up within its 20 steps.
+    "laptop": dict(image_size=16, width=8, batch_size=32, learning_rate=0.05,
+                   quality_steps=30, quality_threshold=0.2, train_steps=80,
+                   eval_examples=300, stability_steps=20,
+                   stability_step_size=0.05, stability_batch=8),
+    # Close to the paper's CIFAR-10 proxies: 32x32, 100-step quality test
+    # at 20%, 100-step stability test at 1e8.
+    "cluster": dict(image_size=32, width=16, batch_size=64,
+                    learning_rate=0.03, quality_steps=100,
+                    quality_threshold=0.2, train_steps=400,
+                    eval_examples=1000, stability_steps=100,
+                    stability_step_size=0.01, stability_batch=8),
+}
+
+
+def preset(name: str, **overrides) -> ProxyConfig:
+  """The ``ProxyConfig`` of a preset, with ``overrides`` on top."""
+  if name not in PRESETS:
+    raise ValueError(f"Unknown proxy preset {name!r}; choose among "
+                     f"{sorted(PRESETS)}.")
+  return ProxyConfig(**{**PRESETS[name], **overrides})
 
 
 # -- data ----------------------------------------------------------------------
@@ -117,9 +204,69 @@ def _split(images, labels, seed, validation, held_out):
           (images[v:h], labels[v:h]))
 
 
+def _as_rgb(images: np.ndarray) -> np.ndarray:
+  if images.ndim == 3:
+    images = images[..., None]
+  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def _held_out_sizes(count: int) -> int:
+  return max(1, min(5000, int(0.15 * count)))
+
+
+def _load_tfds(name: str, config: ProxyConfig):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=config.tfds_data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"dataset tfds:{name}: {str(e).splitlines()[0]}") from None
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"TFDS {name} is not prepared in {builder.data_dir!r}. Prepare it "
+        f"where it can be downloaded (`tfds build {name} --data_dir=DIR`) and "
+        "pass --tfds_data_dir=DIR; nothing is downloaded here.")
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise ValueError(f"dataset tfds:{name} has no 'image' and 'label' "
+                     "features; the search needs image classification.")
+  data = tfds.as_numpy(builder.as_dataset(
+      split=f"train[:{config.max_examples}]", batch_size=-1))
+  return (_as_rgb(data["image"]), data["label"].astype(np.int64),
+          features["label"].num_classes)
+
+
+def _load_directory(path: str, config: ProxyConfig):
+  path = os.path.expanduser(path)
+  classes = sorted(d for d in os.listdir(path)
+                   if os.path.isdir(os.path.join(path, d)))
+  files = [(os.path.join(path, c, f), label)
+           for label, c in enumerate(classes)
+           for f in sorted(os.listdir(os.path.join(path, c)))
+           if f.lower().endswith(IMAGE_EXTENSIONS)]
+  if len(classes) < 2 or len(files) < 10:
+    raise ValueError(
+        f"dataset {path!r} has {len(classes)} class subdirectories and "
+        f"{len(files)} images ({', '.join(IMAGE_EXTENSIONS)}); the search "
+        "needs at least 2 classes and 10 images.")
+  rng = np.random.default_rng(config.seed)
+  if len(files) > config.max_examples:
+    files = [files[i] for i in sorted(rng.choice(len(files),
+                                                 config.max_examples,
+                                                 replace=False))]
+  images = []
+  for name, _ in files:
+    image = tf.io.decode_image(tf.io.read_file(name), channels=3,
+                               expand_animations=False)
+    images.append(tf.image.resize(image, [config.image_size] * 2).numpy())
+  images = np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
+  return images, np.array([label for _, label in files], np.int64), len(
+      classes)
+
+
 def load_data(config: ProxyConfig) -> ProxyData:
-  """CIFAR-10 from TFDS when prepared (or required), else the digits."""
-  if config.dataset in ("auto", "cifar10"):
+  """The proxy data of ``config.dataset`` (see :func:`dataset_kind`)."""
+  kind = dataset_kind(config.dataset)
+  if kind in ("auto", "cifar10"):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = tfds.builder("cifar10", data_dir=config.tfds_data_dir)
     if builder.is_prepared():
@@ -128,11 +275,19 @@ def load_data(config: ProxyConfig) -> ProxyData:
       splits = _split(_resize(images, config.image_size), labels, config.seed,
                       5000, 5000)
       return ProxyData("cifar10", *splits)
-    if config.dataset == "cifar10":
+    if kind == "cifar10":
       raise FileNotFoundError(
           f"TFDS cifar10 is not prepared in {builder.data_dir!r}. Prepare it "
           "where it can be downloaded (`tfds build cifar10 --data_dir=DIR`) "
           "and pass tfds_data_dir=DIR, or use dataset='digits'.")
+  if kind in ("tfds", "directory"):
+    images, labels, classes = (
+        _load_tfds(config.dataset[5:], config) if kind == "tfds"
+        else _load_directory(config.dataset, config))
+    held_out = _held_out_sizes(len(labels))
+    splits = _split(_resize(images, config.image_size), labels, config.seed,
+                    held_out, held_out)
+    return ProxyData(config.dataset, *splits, num_classes=classes)
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -229,9 +384,52 @@ _BUILDERS = {"resnet": _resnet, "mobilenet": _mobilenet,
 
 def build_model(anchor: str, make_norm: NormFactory, config: ProxyConfig,
                 num_classes: int = 10) -> tf_keras.Model:
-  """The anchor with ``make_norm(nonlinearity=...)`` at every norm site."""
-  inputs = tf_keras.Input((config.image_size, config.image_size, 3))
-  features = _BUILDERS[anchor](inputs, make_norm, config)
-  features = layers.GlobalAveragePooling2D()(features)
-  return tf_keras.Model(inputs, layers.Dense(num_classes)(features),
-                        name=f"{anchor}_proxy")
+  """The anchor with ``make_norm(nonlinearity=...)`` at every norm site.
+
+  ``anchor`` is one of ``ANCHORS`` or ``"module.path:function"`` (see the
+  module docstring); a user's model is checked for what the search needs.
+  """
+  if anchor in _BUILDERS:
+    inputs = tf_keras.Input((config.image_size, config.image_size, 3))
+    features = _BUILDERS[anchor](inputs, make_norm, config)
+    features = layers.GlobalAveragePooling2D()(features)
+    return tf_keras.Model(inputs, layers.Dense(num_classes)(features),
+                          name=f"{anchor}_proxy")
+  sites = []
+
+  def counting_norm(*args, **kwargs):
+    layer = make_norm(*args, **kwargs)
+    sites.append(layer)
+    return layer
+
+  model = user_anchor(anchor)(counting_norm,
+                              (config.image_size, config.image_size, 3),
+                              num_classes)
+  if not isinstance(model, tf_keras.Model):
+    raise ValueError(f"Anchor {anchor!r} returned {type(model).__name__}, "
+                     "not a tf_keras.Model (build it with tf_keras, the "
+                     "Keras of Model Garden).")
+  if not sites:
+    raise ValueError(f"Anchor {anchor!r} never called make_norm(): it would "
+                     "not test the candidate layer. Call it at every "
+                     "norm-activation site.")
+  out = model.output_shape
+  if not (isinstance(out, tuple) and len(out) == 2 and out[-1] == num_classes):
+    raise ValueError(f"Anchor {anchor!r} outputs shape {out}; it must output "
+                     f"[batch, {num_classes}] logits.")
+  return model
+
+
+def check_anchors(config: ProxyConfig, data: ProxyData):
+  """Builds each user anchor once (with BN-ReLU at its norm sites), so that
+  a broken builder is a clear error before any work starts."""
+  import evonorm_layers  # pylint: disable=g-import-not-at-top
+
+  def make_norm(nonlinearity: bool = True):
+    return evonorm_layers.get_norm_activation("bn_relu",
+                                              nonlinearity=nonlinearity)
+
+  for anchor in config.anchors:
+    if ":" in anchor:
+      build_model(anchor, make_norm, config, data.num_classes)
+  tf_keras.backend.clear_session()

@@ -29,6 +29,10 @@ from evonorm_layers.search import store as store_lib
 from evonorm_layers.search.graph import LayerGraph
 
 RERANK_LOG = "rerank.jsonl"
+BASELINE_LOG = "baselines.jsonl"
+# Known layers every search evaluates first, under its own proxy.
+BASELINES = ("bn_relu", "evonorm_b0", "evonorm_s0")
+STAGES = ("probe", "stability", "quality", "training", "evaluation")
 
 
 def best(records: Sequence[dict], k: int) -> list[dict]:
@@ -131,26 +135,87 @@ def plot_pareto(records, anchors, path):
 
 
 def _median(values):
-  return statistics.median(values) if values else float("nan")
+  return statistics.median(values) if values else None
+
+
+def _seconds(value) -> str:
+  return "-" if value is None else f"{value:.2f} s"
+
+
+def rejection_text(record: dict) -> str:
+  """Why a record was rejected, in a few words."""
+  detail = record.get("rejection") or {}
+  if record.get("reason") == "stability":
+    return (f"stability: gradient norm {detail.get('grad_norm', 0):.3g} at "
+            f"ascent step {detail.get('steps')}")
+  if record.get("reason") == "quality" and "anchor" in detail:
+    return (f"quality: {detail['anchor']} at {detail['accuracy']:.3f} after "
+            "the quality steps")
+  if detail.get("stage") == "probe":
+    return "probe: the output does not depend on x"
+  return f"{record.get('reason')}: {detail}"
 
 
 def rejection_costs(records) -> dict:
-  """Median seconds of rejected vs fully evaluated candidates."""
-  fresh = [r for r in records if r.get("cached_from") is None]
-  rejected = [r["seconds"]["total"] for r in fresh
-              if r.get("status") == "rejected"]
-  accepted = [r["seconds"]["total"] for r in fresh
-              if r.get("status") == "accepted"]
-  return {"rejected_median_s": _median(rejected),
-          "accepted_median_s": _median(accepted),
-          "ratio": _median(rejected) / _median(accepted)
-                   if rejected and accepted else float("nan")}
+  """Median seconds of rejected vs fully evaluated candidates (None when
+  there are none), and the median seconds per stage of each kind."""
+  fresh = [r for r in records if r.get("cached_from") is None and
+           "seconds" in r]
+  kinds = {"rejected": [r for r in fresh if r.get("status") == "rejected"],
+           "accepted": [r for r in fresh if r.get("status") == "accepted"]}
+  # Rejected before any proxy training (probe, graph inspection): free.
+  kinds["rejected after the probe"] = [
+      r for r in kinds["rejected"]
+      if (r.get("rejection") or {}).get("stage") != "probe"]
+  costs = {f"{kind}_median_s": _median([r["seconds"]["total"] for r in rs])
+           for kind, rs in kinds.items()}
+  costs["stages"] = {
+      kind: {stage: _median([r["seconds"].get(stage, 0.0) for r in rs])
+             for stage in STAGES + ("total",)}
+      for kind, rs in kinds.items() if rs}
+  costs["setup"] = _median([r["seconds"]["setup"] for r in fresh
+                            if "setup" in r["seconds"]])
+  rejected, accepted = (costs["rejected_median_s"],
+                        costs["accepted_median_s"])
+  costs["ratio"] = (rejected / accepted if rejected is not None and accepted
+                    else None)
+  return costs
+
+
+def stage_table(costs: dict) -> list[str]:
+  """Markdown rows: median seconds per stage for each kind of candidate."""
+  lines = ["| candidates | " + " | ".join(STAGES) + " | total |",
+           "|---|" + "---:|" * (len(STAGES) + 1)]
+  for kind, stages in costs["stages"].items():
+    lines.append(f"| {kind} | " + " | ".join(
+        _seconds(stages[s]) for s in STAGES + ("total",)) + " |")
+  return lines
+
+
+def _no_accepted_advice(records, reasons) -> list[str]:
+  """What to do when no candidate passed the protocols."""
+  examples = [f"- `{r['formula']}`: {rejection_text(r)}"
+              for r in records if r.get("status") == "rejected" and
+              (r.get("rejection") or {}).get("stage") != "probe"][:5]
+  return [
+      "**No candidate was accepted yet**, so the population has no fitness "
+      "and evolution has nothing to select: "
+      + (", ".join(f"{n} rejected by {k}" for k, n in sorted(reasons.items()))
+         or "nothing was evaluated") + ".", "",
+      *(["Rejections past the probe:", "", *examples, ""] if examples else []),
+      "Next steps: most random layers fail (about 1 in 90 passes every "
+      "protocol), so evaluate more candidates (`--resume "
+      "--max_candidates=N`), or warm-start from known layers "
+      "(`--seed_layers=bn_relu,evonorm_b0`); if good layers are rejected "
+      "too, check the proxy with `python -m evonorm_layers.search.calibrate` "
+      "and the same proxy flags.", ""]
 
 
 def write_report(output_dir: str, config: dict, records: Sequence[dict],
                  rerank: Mapping[int, dict] | None = None,
                  compare: Mapping[str, Sequence[dict]] | None = None,
-                 top_k: int = 10) -> str:
+                 top_k: int = 10,
+                 baselines: Mapping[str, dict] | None = None) -> str:
   """Writes the plots, report.md and best_layers.json; returns report.md."""
   anchors = list(config["proxy"]["anchors"])
   plot_random_histograms(records, anchors,
@@ -170,25 +235,57 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
     if r.get("status") == "rejected":
       reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
   costs = rejection_costs(records)
+  baselines = dict(baselines or {})
+  accepted_count = len(store_lib.accepted(records))
   lines = [
       "# Layer search report", "",
       f"Algorithm: {config['algorithm']} (criterion {config['criterion']}, "
       f"population {config['population']}, tournament "
       f"{config['tournament']}); {'batch-independent' if config['batch_independent'] else 'all'} "
-      f"primitives; anchors {', '.join(anchors)}.", "",
+      f"primitives; anchors {', '.join(anchors)}"
+      + (f"; seeded with {', '.join(config.get('seed_layers') or ())}"
+         if config.get("seed_layers") else "") + ".", "",
       f"Candidates evaluated: {len(records)}; accepted: "
-      f"{len(store_lib.accepted(records))}; rejected: "
+      f"{accepted_count}; rejected: "
       + (", ".join(f"{n} by {k}" for k, n in sorted(reasons.items()))
          or "none")
       + f"; reused from an equivalent layer: "
       f"{sum(r.get('cached_from') is not None for r in records)}.", "",
-      f"Median cost: rejected {costs['rejected_median_s']:.1f} s, fully "
-      f"evaluated {costs['accepted_median_s']:.1f} s (ratio "
-      f"{costs['ratio']:.3f}).", "",
+      "Median cost: rejected " + _seconds(costs["rejected_median_s"]) +
+      " (those reaching the stability test: "
+      + _seconds(costs["rejected after the probe_median_s"]) +
+      "), fully evaluated " + _seconds(costs["accepted_median_s"]) +
+      ("" if costs["ratio"] is None else f" (ratio {costs['ratio']:.3f})")
+      + "; one-off setup per worker (building and tracing the anchors) "
+      + _seconds(costs["setup"]) + ".", "",
+      "Median seconds per stage:", "", *stage_table(costs), "",
+  ]
+  if not accepted_count:
+    lines += _no_accepted_advice(records, reasons)
+  if baselines:
+    lines += ["## Known layers under the same proxy", "",
+              "| layer | status | " + " | ".join(anchors) + " | average |",
+              "|---|---|" + "---:|" * (len(anchors) + 1)]
+    for name, b in baselines.items():
+      fitness = b.get("fitness") or {}
+      scores = " | ".join(f"{fitness[a]:.3f}" if a in fitness else "-"
+                          for a in anchors)
+      average = (f"{evolution.average_fitness(b):.3f}" if fitness else "-")
+      status = ("accepted" if b.get("status") == "accepted"
+                else "rejected (" + rejection_text(b) + ")")
+      label = (f"{name} `{b['formula']}`" if name.startswith("seed_")
+               else name)
+      lines.append(f"| {label} | {status} | {scores} | {average} |")
+    lines.append("")
+  best_known = max((evolution.average_fitness(b) for b in baselines.values()
+                    if b.get("fitness")), default=None)
+  lines += [
       "## Best layers", "",
       "| rank | name | layer | " + " | ".join(anchors) + " | average |"
+      + (" vs best known |" if best_known is not None else "")
       + (" held-out (re-ranked) |" if rerank else ""),
       "|---|---|---|" + "---:|" * (len(anchors) + 1)
+      + ("---:|" if best_known is not None else "")
       + ("---:|" if rerank else ""),
   ]
   for rank, r in enumerate(top, start=1):
@@ -196,8 +293,11 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
     held_out = (f" {rerank[r['id']]['score']:.3f} |"
                 if rerank and r["id"] in rerank else
                 (" - |" if rerank else ""))
+    versus = (f" {evolution.average_fitness(r) - best_known:+.3f} |"
+              if best_known is not None else "")
     lines.append(f"| {rank} | `{layer_name(r)}` | `{r['formula']}` | "
-                 f"{scores} | {evolution.average_fitness(r):.3f} |{held_out}")
+                 f"{scores} | {evolution.average_fitness(r):.3f} |{versus}"
+                 f"{held_out}")
   lines += ["", "LaTeX (before the affine `* gamma + beta`):", ""]
   for r in top:
     latex = LayerGraph.from_dict(r["graph"]).formula(latex=True)

@@ -1,0 +1,214 @@
+r"""Does the search find layers? Evolution against random search, measured.
+
+Runs the real search (``python -m evonorm_layers.search``, Ray workers) with
+regularized evolution (Pareto tournaments) and with random search with
+rejection, each for ``--seeds`` seeds, with the same candidate budget
+(``--max_candidates``) and the same wall-time budget (``--max_minutes`` per
+run), then draws the paper's Figure 6 from the runs: the best average
+accuracy over the anchors against the number of candidates evaluated,
+median and range over seeds per algorithm. Its table lists each run's best
+layer as a formula with its accuracy per anchor, next to BN-ReLU, EvoNorm-B0
+and EvoNorm-S0 evaluated under the same protocol (each run's
+``baselines.jsonl``).
+
+  python bench/search_quality.py                  # laptop preset, 3 seeds
+  python bench/search_quality.py --max_minutes=120 --max_candidates=2000
+
+Each run lives in ``--output_dir/ALGORITHM_seedN``; a killed benchmark run
+again with the same flags resumes every unfinished search and keeps what
+finished. Proxy flags (``--preset``, ``--train_steps``, ...) are passed to
+every search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from evonorm_layers.search import evolution  # noqa: E402
+from evonorm_layers.search import proxy_flags  # noqa: E402
+from evonorm_layers.search import report  # noqa: E402
+from evonorm_layers.search import store as store_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "runs/search_quality", "Where the runs, "
+                    "the plot and the table go.")
+flags.DEFINE_list("algorithms", ["evolution", "random"], "Search algorithms.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each algorithm.")
+flags.DEFINE_integer("max_candidates", 400, "Candidate budget per run.",
+                     lower_bound=1)
+flags.DEFINE_float("max_minutes", 60.0, "Wall-time budget per run.",
+                   lower_bound=0)
+flags.DEFINE_integer("workers", 2, "Ray workers per run.", lower_bound=1)
+flags.DEFINE_integer("population", 20, "Evolution's population.")
+flags.DEFINE_integer("tournament", 5, "Evolution's tournament size.")
+flags.DEFINE_bool("batch_independent", False, "S-series search space.")
+proxy_flags.define()
+
+
+def _run(name, algorithm, seed):
+  output_dir = os.path.join(FLAGS.output_dir, name)
+  resume = os.path.exists(os.path.join(output_dir, store_lib.CONFIG))
+  command = [sys.executable, "-m", "evonorm_layers.search",
+             f"--output_dir={output_dir}", "--noprogress",
+             f"--max_candidates={FLAGS.max_candidates}",
+             f"--max_minutes={FLAGS.max_minutes}",
+             f"--workers={FLAGS.workers}", "--rerank_top_k=0"]
+  if resume:
+    command.append("--resume")
+  else:
+    command += [f"--algorithm={algorithm}", f"--seed={seed}",
+                f"--population={FLAGS.population}",
+                f"--tournament={FLAGS.tournament}",
+                f"--preset={FLAGS.preset}",
+                f"--batch_independent={FLAGS.batch_independent}"]
+    for key, value in proxy_flags.given().items():
+      command.append(f"--{key}=" + (",".join(value) if key == "anchors"
+                                    else str(value)))
+  print(f"{name}: {'resuming' if resume else 'starting'}", flush=True)
+  result = subprocess.run(command, capture_output=True, text=True,
+                          check=False)
+  if result.returncode:
+    last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise RuntimeError(f"{name} failed: {last}")
+  return output_dir
+
+
+def _baselines(output_dir):
+  path = os.path.join(output_dir, report.BASELINE_LOG)
+  with open(path) as f:
+    return {r["layer"]: r for r in map(json.loads, f)}
+
+
+def summarize(runs: dict) -> dict:
+  """Per algorithm: best average fitness per seed, and the curves."""
+  summary = {}
+  for name, output_dir in runs.items():
+    algorithm = name.rsplit("_seed", 1)[0]
+    records = store_lib.SearchStore(output_dir).records()
+    accepted = [r for r in store_lib.accepted(records)
+                if r.get("cached_from") is None]
+    top = max(accepted, key=evolution.average_fitness, default=None)
+    xs, ys = report.progress_curve(records, top=1)
+    summary.setdefault(algorithm, []).append({
+        "run": name, "candidates": len(records), "accepted": len(accepted),
+        "best": top, "best_average": (evolution.average_fitness(top)
+                                      if top else None),
+        "curve": (xs, ys), "baselines": _baselines(output_dir),
+        "seconds": sum(r.get("seconds", {}).get("total", 0.0)
+                       for r in records)})
+  return summary
+
+
+def plot(summary, path, budget):
+  plt = report._plt()  # pylint: disable=protected-access
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for algorithm, runs in summary.items():
+    grid = list(range(1, budget + 1))
+    curves = []
+    for run in runs:
+      xs, ys = run["curve"]
+      values, j, best = [], 0, None
+      for x in grid:
+        while j < len(xs) and xs[j] <= x:
+          best = ys[j]
+          j += 1
+        values.append(best if x <= run["candidates"] else None)
+      curves.append(values)
+    med, low, high, at = [], [], [], []
+    for i, x in enumerate(grid):
+      column = [c[i] for c in curves if c[i] is not None]
+      if column:
+        at.append(x)
+        med.append(statistics.median(column))
+        low.append(min(column))
+        high.append(max(column))
+    line, = ax.plot(at, med, label=f"{algorithm} (median of {len(runs)})")
+    ax.fill_between(at, low, high, alpha=0.2, color=line.get_color())
+  baselines = next(iter(summary.values()))[0]["baselines"]
+  for name, style in (("bn_relu", ":"), ("evonorm_b0", "--"),
+                      ("evonorm_s0", "-.")):
+    if baselines.get(name, {}).get("fitness"):
+      ax.axhline(evolution.average_fitness(baselines[name]), color="gray",
+                 linestyle=style, linewidth=1, label=name)
+  ax.set_xlabel("candidates evaluated")
+  ax.set_ylabel("best accuracy (average over anchors)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def table(summary, anchors) -> str:
+  lines = ["| run | candidates | accepted | best layer | " + " | ".join(
+      anchors) + " | average |", "|---|---:|---:|---|" + "---:|" * (
+          len(anchors) + 1)]
+  for runs in summary.values():
+    for run in runs:
+      top = run["best"]
+      if top is None:
+        lines.append(f"| {run['run']} | {run['candidates']} | 0 | (none "
+                     "accepted) |" + " - |" * (len(anchors) + 1))
+        continue
+      lines.append(
+          f"| {run['run']} | {run['candidates']} | {run['accepted']} | "
+          f"`{top['formula']}` | " + " | ".join(
+              f"{top['fitness'][a]:.3f}" for a in anchors) +
+          f" | {run['best_average']:.3f} |")
+  baselines = next(iter(summary.values()))[0]["baselines"]
+  for name in report.BASELINES:
+    b = baselines.get(name)
+    if b and b.get("fitness"):
+      lines.append(f"| {name} (same protocol) | | | | " + " | ".join(
+          f"{b['fitness'][a]:.3f}" for a in anchors) +
+                   f" | {evolution.average_fitness(b):.3f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  runs = {}
+  for algorithm in FLAGS.algorithms:
+    for seed in FLAGS.seeds:
+      name = f"{algorithm}_seed{seed}"
+      runs[name] = _run(name, algorithm, int(seed))
+  summary = summarize(runs)
+  with open(os.path.join(next(iter(runs.values())), store_lib.CONFIG)) as f:
+    anchors = json.load(f)["proxy"]["anchors"]
+  figure = os.path.join(FLAGS.output_dir, "search_quality.png")
+  plot(summary, figure, FLAGS.max_candidates)
+  text = table(summary, anchors)
+  lines = [text, ""]
+  medians = {a: statistics.median([r["best_average"] or 0.0 for r in runs])
+             for a, runs in summary.items()}
+  for algorithm, runs in summary.items():
+    lines.append(f"{algorithm}: median best average accuracy "
+                 f"{medians[algorithm]:.3f} over {len(runs)} seeds; "
+                 "candidates per run " + ", ".join(
+                     str(r["candidates"]) for r in runs) +
+                 "; evaluation time per run " + ", ".join(
+                     f"{r['seconds'] / 60:.1f} min" for r in runs))
+  bn_relu = next(iter(summary.values()))[0]["baselines"].get("bn_relu")
+  if bn_relu and bn_relu.get("fitness"):
+    lines.append(f"bn_relu under the same protocol: "
+                 f"{evolution.average_fitness(bn_relu):.3f}")
+  lines.append(f"Figure: {figure}")
+  print("\n".join(lines))
+  with open(os.path.join(FLAGS.output_dir, "summary.json"), "w") as f:
+    json.dump({a: [{k: v for k, v in r.items() if k != "curve"}
+                   for r in rs] for a, rs in summary.items()}, f, indent=1,
+              default=str)
+
+
+if __name__ == "__main__":
+  app.run(main)
