@@ -1,10 +1,14 @@
-r"""Throughput of the layer search and what its rejection protocols save.
+r"""Throughput of the layer search, where a candidate's time goes, and what
+the rejection protocols save.
 
 Runs the real search machinery (``controller.Search`` on Ray, one CPU per
 worker) as random search with rejection over ``--random_layers`` random
 layers, then evaluates the paper's layers (``--reference_layers``, which
 pass the protocols) through the same workers to measure the cost of a full
-evaluation on this machine. Prints:
+evaluation on this machine; once per evaluation path (``--paths``):
+``sessions`` (each anchor built and traced once per worker, candidates
+interpreted: the search's way) and ``compiled`` (a model built and traced
+per candidate: the way before), side by side. Prints, per path:
 
 * candidates evaluated per core-hour, from the wall time of the search loop
   (``workers`` cores; Ray start-up excluded, worker start-up included) and
@@ -17,9 +21,12 @@ evaluation on this machine. Prints:
   gradient-ascent steps (the paper: "gradients of many layers are forced to
   quickly blow up in less than 5 steps"), and where every random layer ended.
 
-  python bench/search_throughput.py                       # 100 random layers
-  python bench/search_throughput.py --random_layers=200 --workers=8 \
-      --train_steps=2000                                  # a bigger machine
+* the median seconds per stage (probe, stability, quality, training,
+  evaluation) of rejected and accepted candidates, and the one-off setup.
+
+  python bench/search_throughput.py                 # laptop preset, 100 layers
+  python bench/search_throughput.py --preset=cluster --random_layers=200 \
+      --workers=8 --paths=sessions                  # a bigger machine
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from evonorm_layers.search import controller  # noqa: E402
-from evonorm_layers.search import proxies  # noqa: E402
+from evonorm_layers.search import proxy_flags  # noqa: E402
+from evonorm_layers.search import report  # noqa: E402
 from evonorm_layers.search import store as store_lib  # noqa: E402
 from evonorm_layers.search.known_layers import KNOWN_GRAPHS  # noqa: E402
 
-_PROXY = proxies.ProxyConfig()
+FLAGS = flags.FLAGS
+
 _RANDOM = flags.DEFINE_integer("random_layers", 100,
                                "Random layers to evaluate.", lower_bound=1)
 _REFERENCES = flags.DEFINE_list(
@@ -54,20 +63,16 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Ray workers (one CPU each).",
 _BATCH_INDEPENDENT = flags.DEFINE_bool(
     "batch_independent", False, "Random layers without batch aggregations.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random layers.")
-_DATASET = flags.DEFINE_enum("dataset", _PROXY.dataset,
-                             ["auto", "cifar10", "digits"], "Proxy dataset.")
-_ANCHORS = flags.DEFINE_list("anchors", list(_PROXY.anchors),
-                             "Anchor architectures.")
-_QUALITY_STEPS = flags.DEFINE_integer("quality_steps", _PROXY.quality_steps,
-                                      "Steps of the quality protocol.")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", _PROXY.train_steps,
-                                    "Steps of a full proxy training.")
-_STABILITY_STEPS = flags.DEFINE_integer(
-    "stability_steps", _PROXY.stability_steps, "Steps of the stability test.")
+_PATHS = flags.DEFINE_list(
+    "paths", ["sessions", "compiled"], "How candidates are evaluated: "
+    "'sessions' (anchors built and traced once per worker, graphs "
+    "interpreted) and/or 'compiled' (a model built and traced per "
+    "candidate, the way before); the same random layers for each.")
 _OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Keep the search's log here (default: a temporary "
+    "output_dir", None, "Keep the searches' logs here (default: a temporary "
     "directory).")
 _JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
+proxy_flags.define()
 
 EARLY_STEPS = 5
 
@@ -137,25 +142,16 @@ def _evaluate_references(evaluator, names, proxy):
   return records
 
 
-def main(argv):
-  del argv
-  unknown = sorted(set(_REFERENCES.value) - set(KNOWN_GRAPHS))
-  if unknown:
-    raise app.UsageError(f"Unknown --reference_layers {unknown}; choose among "
-                         f"{sorted(KNOWN_GRAPHS)}.")
-  proxy = dataclasses.replace(
-      _PROXY, dataset=_DATASET.value, anchors=tuple(_ANCHORS.value),
-      quality_steps=_QUALITY_STEPS.value, train_steps=_TRAIN_STEPS.value,
-      stability_steps=_STABILITY_STEPS.value, seed=_SEED.value)
+def run_path(path, proxy, output_dir):
+  """The random search and the reference layers, one evaluation path."""
   config = controller.SearchConfig(
       algorithm="random", max_candidates=_RANDOM.value,
       batch_independent=_BATCH_INDEPENDENT.value, seed=_SEED.value,
       proxy=proxy)
-  output_dir = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="search_bench_")
   store = store_lib.SearchStore(output_dir)
   store.create(config.to_dict())
-
-  evaluator = controller.RayEvaluator(_WORKERS.value)
+  evaluator = controller.RayEvaluator(_WORKERS.value,
+                                      compiled=path == "compiled")
   try:
     start = time.perf_counter()
     random_records = controller.Search(config, store, evaluator,
@@ -166,49 +162,83 @@ def main(argv):
   finally:
     evaluator.shutdown()
   results = summarize(random_records, references, wall, _WORKERS.value)
+  results["stage_costs"] = report.rejection_costs(random_records + [
+      r for r in references if r["status"] == "accepted"])
   results["reference_layers"] = {
       r["layer"]: {"status": r["status"], "seconds": r["seconds"]["total"],
-                   "fitness": r.get("fitness")} for r in references}
-  results["proxy"] = proxy.to_dict()
+                   "stages": r["seconds"], "fitness": r.get("fitness")}
+      for r in references}
   results["log"] = store.path(store_lib.LOG)
+  return results
 
-  print(f"\n{results['random_layers']} random layers "
-        f"({results['cache_hits']} cache hits) on {_WORKERS.value} workers, "
-        f"proxy: {', '.join(proxy.anchors)}, quality {proxy.quality_steps} / "
-        f"full {proxy.train_steps} steps, stability up to "
-        f"{proxy.stability_steps} steps; log: {results['log']}\n")
-  rows = [
+
+def main(argv):
+  del argv
+  unknown = sorted(set(_REFERENCES.value) - set(KNOWN_GRAPHS))
+  if unknown:
+    raise app.UsageError(f"Unknown --reference_layers {unknown}; choose among "
+                         f"{sorted(KNOWN_GRAPHS)}.")
+  bad = sorted(set(_PATHS.value) - {"sessions", "compiled"})
+  if bad:
+    raise app.UsageError(f"Unknown --paths {bad}; use sessions, compiled.")
+  proxy = proxy_flags.proxy_config(_SEED.value)
+  root = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="search_bench_")
+  all_results = {"proxy": proxy.to_dict(), "preset": FLAGS.preset}
+  for path in _PATHS.value:
+    all_results[path] = run_path(path, proxy, os.path.join(root, path))
+  print(f"\n{_RANDOM.value} random layers and {', '.join(_REFERENCES.value)}"
+        f" on {_WORKERS.value} workers; preset {FLAGS.preset} "
+        f"{proxy_flags.given() or ''}: anchors {', '.join(proxy.anchors)}, "
+        f"quality {proxy.quality_steps} / full {proxy.train_steps} steps, "
+        f"stability up to {proxy.stability_steps} steps\n")
+  paths = _PATHS.value
+  measures = [
       ("candidates per core-hour (wall time of the search)",
-       f"{results['candidates_per_core_hour_wall']:.0f}"),
+       "candidates_per_core_hour_wall", "{:.0f}"),
       ("candidates per core-hour (summed evaluation time)",
-       f"{results['candidates_per_core_hour_evaluation']:.0f}"),
-      ("median rejected candidate (s)", f"{results['rejected_median_s']:.2f}"),
-      (f"median full evaluation (s, {results['full_evaluations']} layers)",
-       f"{results['full_evaluation_median_s']:.1f}"),
-      ("rejected / full (median cost)", f"{results['rejected_over_full']:.4f}"),
-      ("search speed-up from rejection",
-       f"{results['search_speedup_from_rejection']:.1f}x"),
+       "candidates_per_core_hour_evaluation", "{:.0f}"),
+      ("median rejected candidate (s)", "rejected_median_s", "{:.2f}"),
+      ("median full evaluation (s)", "full_evaluation_median_s", "{:.1f}"),
+      ("rejected / full (median cost)", "rejected_over_full", "{:.4f}"),
+      ("search speed-up from rejection", "search_speedup_from_rejection",
+       "{:.1f}x"),
       (f"random layers rejected by stability within {EARLY_STEPS} steps",
-       f"{results['stability_rejected_within_5_steps']:.0%}"),
-      ("... of those that reached the stability test",
-       f"{results['stability_rejected_within_5_steps_of_tested']:.0%}"),
+       "stability_rejected_within_5_steps", "{:.0%}"),
   ]
-  print("| measure | value |\n|---|---:|")
-  for name, value in rows:
-    print(f"| {name} | {value} |")
-  print("\n| where random layers ended | count | median cost (s) | "
-        "cost vs full evaluation |\n|---|---:|---:|---:|")
-  for outcome, o in results["outcomes"].items():
-    print(f"| {outcome} | {o['count']} | {o['median_s']:.2f} | "
-          f"{o['over_full']:.4f} |")
-  print("\n| reference layer | status | seconds | fitness |\n|---|---|---:|---|")
-  for name, r in results["reference_layers"].items():
-    fitness = ", ".join(f"{a} {v:.3f}" for a, v in (r["fitness"] or {}).items())
-    print(f"| {name} | {r['status']} | {r['seconds']:.1f} | {fitness} |")
+  print("| measure | " + " | ".join(paths) + " |\n|---|" +
+        "---:|" * len(paths))
+  for label, key, form in measures:
+    print(f"| {label} | " + " | ".join(
+        _format(form, all_results[p][key]) for p in paths) + " |")
+  for path in paths:
+    costs = all_results[path]["stage_costs"]
+    print(f"\nMedian seconds per stage, {path} (one-off setup per worker and"
+          f" anchor set: {_format('{:.1f}', costs['setup'])} s):\n")
+    print("\n".join(report.stage_table(costs)))
+  for path in paths:
+    print(f"\n| where random layers ended ({path}) | count | median cost (s)"
+          " | cost vs full evaluation |\n|---|---:|---:|---:|")
+    for outcome, o in all_results[path]["outcomes"].items():
+      print(f"| {outcome} | {o['count']} | {o['median_s']:.2f} | "
+            f"{_format('{:.4f}', o['over_full'])} |")
+  print("\n| reference layer | path | status | seconds | fitness |\n"
+        "|---|---|---|---:|---|")
+  for path in paths:
+    for name, r in all_results[path]["reference_layers"].items():
+      fitness = ", ".join(f"{a} {v:.3f}"
+                          for a, v in (r["fitness"] or {}).items())
+      print(f"| {name} | {path} | {r['status']} | {r['seconds']:.1f} | "
+            f"{fitness} |")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump(results, f, indent=1)
+      json.dump(all_results, f, indent=1, default=str)
   sys.stdout.flush()
+
+
+def _format(form, value):
+  if value is None or (isinstance(value, float) and value != value):
+    return "-"
+  return form.format(value)
 
 
 if __name__ == "__main__":

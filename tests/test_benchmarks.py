@@ -39,14 +39,40 @@ def test_norm_act_overhead(tmp_path, policy, layers, paths, expected):
   assert f"| resnet_v2_50 | {expected[1]} |" in result.stdout
 
 
+SEARCH_TINY = ["--anchors=resnet", "--width=8", "--quality_steps=15",
+               "--train_steps=20", "--stability_steps=2", "--dataset=digits",
+               "--eval_examples=100", "--quality_threshold=0.15"]
+
+
 def test_search_throughput(tmp_path):
   output = tmp_path / "throughput.json"
-  _run("search_throughput.py", "--random_layers=3",
-       "--reference_layers=evonorm_b0", "--workers=1", "--anchors=resnet",
-       "--quality_steps=2", "--train_steps=4", "--stability_steps=2",
-       "--dataset=digits", f"--output_dir={tmp_path / 'search'}",
-       f"--json_output={output}", timeout=900)
-  assert output.exists() and json.loads(output.read_text())
+  result = _run("search_throughput.py", "--random_layers=3",
+                "--reference_layers=evonorm_b0", "--workers=1",
+                *SEARCH_TINY, f"--output_dir={tmp_path / 'search'}",
+                f"--json_output={output}", timeout=900)
+  results = json.loads(output.read_text())
+  for path in ("sessions", "compiled"):
+    assert results[path]["reference_layers"]["evonorm_b0"]["status"] == (
+        "accepted")
+    stages = results[path]["stage_costs"]["stages"]["accepted"]
+    assert stages["training"] > 0 and stages["total"] > 0
+  assert "Median seconds per stage, sessions" in result.stdout
+  assert "nan" not in result.stdout
+
+
+def test_search_quality(tmp_path):
+  """Evolution and random search, one seed each, four candidates."""
+  result = _run("search_quality.py", f"--output_dir={tmp_path}",
+                "--seeds=0", "--max_candidates=4", "--max_minutes=10",
+                "--workers=2", "--population=2", "--tournament=2",
+                *SEARCH_TINY, timeout=900)
+  assert (tmp_path / "search_quality.png").stat().st_size > 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert set(summary) == {"evolution", "random"}
+  assert all(run["candidates"] == 4 for runs in summary.values()
+             for run in runs)
+  assert "| bn_relu (same protocol) |" in result.stdout
+  assert "evolution: median best average accuracy" in result.stdout
 
 
 def test_detection_cost():

@@ -128,7 +128,8 @@ _WORKER_SESSIONS: dict[str, dict] = {}
 
 
 def evaluate_in_worker(candidate: dict, proxy: dict,
-                       known_probes: list[str]) -> dict:
+                       known_probes: list[str],
+                       compiled: bool = False) -> dict:
   """Runs in a Ray worker: one candidate's protocols and training."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
@@ -148,7 +149,8 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
   record = evaluation.evaluate(LayerGraph.from_dict(candidate["graph"]),
                                config, _WORKER_DATA[key],
                                known_probes=set(known_probes),
-                               sessions=_WORKER_SESSIONS.setdefault(key, {}))
+                               sessions=_WORKER_SESSIONS.setdefault(key, {}),
+                               compiled=compiled)
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
   return record
 
@@ -156,8 +158,10 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
 class RayEvaluator:
   """Submits candidates as Ray tasks (one CPU each) and collects them."""
 
-  def __init__(self, workers: int, address: str | None = None):
+  def __init__(self, workers: int, address: str | None = None,
+               compiled: bool = False):
     import ray  # pylint: disable=g-import-not-at-top
+    self.compiled = compiled
     self.ray = ray
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if CRASH_ONCE_ENV in os.environ:
@@ -172,7 +176,8 @@ class RayEvaluator:
     self.remote = ray.remote(num_cpus=1, max_retries=2)(evaluate_in_worker)
 
   def submit(self, candidate, proxy, known_probes):
-    return self.remote.remote(candidate, proxy, sorted(known_probes))
+    return self.remote.remote(candidate, proxy, sorted(known_probes),
+                              self.compiled)
 
   def wait_one(self, refs):
     ready, _ = self.ray.wait(list(refs), num_returns=1)

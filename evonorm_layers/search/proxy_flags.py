@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 _INTS = ("image_size", "width", "blocks", "batch_size", "groups",
          "quality_steps", "train_steps", "eval_examples", "stability_steps",
          "stability_batch", "max_examples")
-_FLOATS = ("learning_rate", "weight_decay", "quality_threshold",
+_FLOATS = ("learning_rate", "weight_decay", "momentum", "quality_threshold",
            "stability_threshold", "stability_step_size")
 # The proxy settings a flag can set (seed and eval_split are not flags).
 NAMES = tuple(f.name for f in dataclasses.fields(proxies.ProxyConfig)
