@@ -24,11 +24,19 @@ def build_unet(make_norm, input_shape, num_classes):
   down = make_norm()(layers.Conv2D(8, 3, padding="same")(inputs))
   pooled = layers.MaxPooling2D()(down)
   deep = make_norm()(layers.Conv2D(16, 3, padding="same")(pooled))
-  up = layers.UpSampling2D()(deep)
+  up = layers.Conv2DTranspose(16, 2, strides=2)(deep)
   merged = layers.Concatenate()([up, down])
   out = make_norm(nonlinearity=False)(layers.Conv2D(8, 3, padding="same")(merged))
   features = layers.GlobalAveragePooling2D()(out)
   return tf_keras.Model(inputs, layers.Dense(num_classes)(features))
+
+
+def upsamples(make_norm, input_shape, num_classes):
+  inputs = tf_keras.Input(input_shape)
+  x = make_norm()(tf_keras.layers.Conv2D(4, 3, padding="same")(inputs))
+  x = tf_keras.layers.UpSampling2D()(x)
+  x = tf_keras.layers.GlobalAveragePooling2D()(x)
+  return tf_keras.Model(inputs, tf_keras.layers.Dense(num_classes)(x))
 
 
 def forgets_the_norm(make_norm, input_shape, num_classes):
@@ -107,6 +115,8 @@ def test_user_anchor_image_directory_and_seed_layers(plugin_dir, tmp_path):
      "'my_anchors' has no function 'no_such_function'"),
     (["--anchors=no_such_module:build"], "cannot import 'no_such_module'"),
     (["--anchors=my_anchors:forgets_the_norm"], "never called make_norm"),
+    (["--anchors=my_anchors:upsamples"],
+     r"without a second derivative \(ResizeNearestNeighborGrad\)"),
     (["--dataset=/no/such/images"], "Unknown dataset '/no/such/images'"),
     (["--seed_layers=pixelnorm_relu"],
      "'pixelnorm_relu' is not a layer of the search space"),

@@ -196,7 +196,8 @@ def main(argv):
     else:
       config = config_from_flags()
       # The data and the anchors are checked here, before any work.
-      proxies.check_anchors(config.proxy, proxies.load_data(config.proxy))
+      from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
+      evaluation.check_anchors(config.proxy, proxies.load_data(config.proxy))
       store.create(config.to_dict())
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import math
 import time
 from typing import Any
@@ -291,6 +292,35 @@ class AnchorSession:
     self.start(graph)
     return stability_test(self.model, self.trainer.data, self.config,
                           self.ascend)
+
+
+def check_anchors(config: proxies.ProxyConfig, data: proxies.ProxyData):
+  """Builds each user anchor once with BN-ReLU at its norm sites and runs
+  one stability step, so that a builder the search cannot use is a clear
+  error before any work starts (e.g. an op without a second derivative,
+  which the stability test needs)."""
+  for anchor in config.anchors:
+    if ":" not in anchor:
+      continue
+    model = proxies.build_model(
+        anchor, norm_factory(known_layers.KNOWN_GRAPHS["bn_relu"], config),
+        config, data.num_classes)
+    if config.stability_steps:
+      try:
+        make_ascent_step(model, data, config)()
+      except Exception as e:  # pylint: disable=broad-except
+        # (TensorFlow's LookupError arrives wrapped in a StagingError.)
+        missing = re.search(r"gradient registry has no entry for: (\w+)",
+                            str(e))
+        if not missing:
+          raise
+        op = missing.group(1)
+        raise ValueError(
+            f"Anchor {anchor!r} has an op without a second derivative ({op})"
+            ", which the stability test differentiates: replace it (e.g. "
+            "UpSampling2D by Conv2DTranspose) or pass --stability_steps=0."
+        ) from None
+  tf_keras.backend.clear_session()
 
 
 class CompiledAnchor:

@@ -427,17 +427,3 @@ def build_model(anchor: str, make_norm: NormFactory, config: ProxyConfig,
                      f"[batch, {num_classes}] logits.")
   return model
 
-
-def check_anchors(config: ProxyConfig, data: ProxyData):
-  """Builds each user anchor once (with BN-ReLU at its norm sites), so that
-  a broken builder is a clear error before any work starts."""
-  import evonorm_layers  # pylint: disable=g-import-not-at-top
-
-  def make_norm(nonlinearity: bool = True):
-    return evonorm_layers.get_norm_activation("bn_relu",
-                                              nonlinearity=nonlinearity)
-
-  for anchor in config.anchors:
-    if ":" in anchor:
-      build_model(anchor, make_norm, config, data.num_classes)
-  tf_keras.backend.clear_session()
