@@ -241,7 +241,9 @@ def test_search_on_a_cluster_survives_a_node_killed_midway(tmp_path,
   with open(search_log, "w") as log:
     search = subprocess.Popen(
         _search(f"--output_dir={output_dir}", f"--address={address}",
-                f"--max_candidates={MAX_CANDIDATES}", *TINY),
+                f"--max_candidates={MAX_CANDIDATES}",
+                # No baseline phase: the held candidate must be a search's.
+                "--baselines=", *TINY),
         env=env, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True)
   try:
