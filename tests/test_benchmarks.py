@@ -41,7 +41,8 @@ def test_norm_act_overhead(tmp_path, policy, layers, paths, expected):
 
 SEARCH_TINY = ["--anchors=resnet", "--width=8", "--quality_steps=15",
                "--train_steps=20", "--stability_steps=2", "--dataset=digits",
-               "--eval_examples=100", "--quality_threshold=0.15"]
+               "--eval_examples=100", "--quality_threshold=0.15",
+               "--learning_rate=0.05"]
 
 
 def test_search_throughput(tmp_path):

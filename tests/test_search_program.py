@@ -162,3 +162,36 @@ def test_encode_rejects_nothing_it_cannot_hold():
   assert encoded.shape == (10, program.COLUMNS)
   with pytest.raises(ValueError, match="no ProgramNormActivation"):
     program.load_program(tf.Module(), g)
+
+
+def test_sessions_score_like_freshly_built_compiled_models():
+  """A candidate evaluated on a reused anchor session (reset weights,
+  optimizer and data) scores what a freshly built compiled model scores,
+  and the same again when evaluated a second time."""
+  from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
+  config = proxies.ProxyConfig(
+      dataset="digits", image_size=16, width=4, batch_size=32,
+      anchors=("resnet",), quality_steps=10, train_steps=15,
+      eval_examples=200, stability_steps=2, quality_threshold=0.0)
+  data = proxies.load_data(config)
+  sessions = {}
+  records = {}
+  for name in ("evonorm_b0", "evonorm_s0", "evonorm_b0"):
+    for compiled in (False, True):
+      record = evaluation.evaluate(GRAPHS[name], config, data,
+                                   sessions=sessions, compiled=compiled)
+      assert record["status"] == "accepted", record
+      records.setdefault((name, compiled), []).append(record)
+  for name in ("evonorm_b0", "evonorm_s0"):
+    session, fresh = records[(name, False)][0], records[(name, True)][0]
+    for key in ("quality", "fitness"):
+      np.testing.assert_allclose(session[key]["resnet"], fresh[key]["resnet"],
+                                 atol=0.03)
+    np.testing.assert_allclose(
+        session["stability"]["resnet"]["max_grad_norm"],
+        fresh["stability"]["resnet"]["max_grad_norm"], rtol=1e-3)
+  first, again = records[("evonorm_b0", False)]
+  assert first["fitness"] == again["fitness"]
+  assert first["quality"] == again["quality"]
+  assert "setup" in first["seconds"] and "setup" not in again["seconds"]

@@ -14,7 +14,8 @@ from evonorm_layers.search import controller
 TINY = ["--dataset=digits", "--image_size=16", "--width=8",
         "--batch_size=32", "--anchors=resnet", "--quality_steps=15",
         "--train_steps=20", "--stability_steps=3", "--eval_examples=100",
-        "--quality_threshold=0.15", "--population=2", "--tournament=2",
+        "--quality_threshold=0.15", "--learning_rate=0.05",
+        "--population=2", "--tournament=2",
         "--workers=2", "--rerank_top_k=2", "--noprogress"]
 
 

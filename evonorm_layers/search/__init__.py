@@ -7,7 +7,9 @@ proposes them, rejection protocols (``evaluation``) discard bad ones cheaply,
 and proxy tasks on several anchor architectures (``proxies``) score the rest,
 evaluated asynchronously on Ray (``controller``) with every result logged
 (``store``) so a search can be killed and resumed; ``report`` writes the
-plots and the ranking.
+plots and the ranking. ``program`` interprets any graph in one traced model
+(candidates in seconds), ``proxies.PRESETS`` are calibrated proxies
+(``python -m evonorm_layers.search.calibrate``).
 
 Run one with ``python -m evonorm_layers.search --output_dir=DIR``.
 """
@@ -19,3 +21,4 @@ from evonorm_layers.search.layer import SearchedLayerFactory
 from evonorm_layers.search.layer import SearchedNormActivation
 from evonorm_layers.search.layer import load_searched_layers
 from evonorm_layers.search.layer import register_searched_layer
+from evonorm_layers.search.program import ProgramNormActivation

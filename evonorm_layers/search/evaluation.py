@@ -16,6 +16,12 @@ first failure (Section 4.2 of the paper):
 
 A candidate that produces Inf or NaN anywhere is rejected and recorded, never
 a crash; every step's wall time is recorded.
+
+The stages 2-4 run on ``AnchorSession``s: each anchor is built with
+``program.ProgramNormActivation`` and its steps traced once (per worker),
+then every candidate only loads its graph into the layers' variables and
+resets the weights (``CompiledAnchor`` is the slower way, kept as the
+benchmark's baseline: a freshly built and traced model per candidate).
 """
 
 from __future__ import annotations
