@@ -181,7 +181,7 @@ def test_sessions_score_like_freshly_built_compiled_models():
     for compiled in (False, True):
       record = evaluation.evaluate(GRAPHS[name], config, data,
                                    sessions=sessions, compiled=compiled)
-      assert record["status"] == "accepted", record
+      assert record["status"] == "accepted", (record.get("reason"), record.get("rejection"))
       records.setdefault((name, compiled), []).append(record)
   for name in ("evonorm_b0", "evonorm_s0"):
     session, fresh = records[(name, False)][0], records[(name, True)][0]

@@ -90,7 +90,8 @@ def _group_moments(mean, var, groups):
 
 
 @functools.lru_cache(maxsize=None)
-def interpreter(rank: int, training: bool, epsilon: float):
+def interpreter(rank: int, training: bool, epsilon: float,
+                eager: bool = False):
   """The function every ``ProgramNormActivation`` of this rank calls.
 
   ``(x, v0, v1, program, size, moving_rows, groups) -> (y, batch_rows)``:
@@ -104,7 +105,9 @@ def interpreter(rank: int, training: bool, epsilon: float):
   One ``tf.function`` shared by all layers (unknown shapes in its
   signature, never inlined) is traced, and differentiated to first and
   second order, once per process instead of once per layer: that is most
-  of the cost of building the search's anchors.
+  of the cost of building the search's anchors. Eager callers (``eager``)
+  get a function of their own: one whose gradients were taken eagerly to
+  second order failed when later differentiated twice inside a graph.
   """
   instance = list(range(1, rank - 1))
   capacity = graph_lib.MAX_INTERMEDIATE_NODES
@@ -248,7 +251,8 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
       raise TypeError(f"{self._label} needs a Python bool `training`.")
     if not self.nonlinearity:
       return self._series_normalization(x, training, affine)
-    y, batch_rows = interpreter(self.layout.rank, training, self.epsilon)(
+    y, batch_rows = interpreter(self.layout.rank, training, self.epsilon,
+                                tf.executing_eagerly())(
         x, self.v["v0"], self.v["v1"], self.program, self.program_size,
         self.moving_rows, tf.constant(self.resolved_groups))
     if training:
