@@ -32,7 +32,6 @@ per candidate: the way before), side by side. Prints, per path:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import statistics
