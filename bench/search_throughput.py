@@ -45,6 +45,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from evonorm_layers.search import controller  # noqa: E402
+from evonorm_layers.search import evaluation  # noqa: E402
 from evonorm_layers.search import proxy_flags  # noqa: E402
 from evonorm_layers.search import report  # noqa: E402
 from evonorm_layers.search import store as store_lib  # noqa: E402
@@ -63,10 +64,11 @@ _BATCH_INDEPENDENT = flags.DEFINE_bool(
     "batch_independent", False, "Random layers without batch aggregations.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random layers.")
 _PATHS = flags.DEFINE_list(
-    "paths", ["sessions", "compiled"], "How candidates are evaluated: "
-    "'sessions' (anchors built and traced once per worker, graphs "
-    "interpreted) and/or 'compiled' (a model built and traced per "
-    "candidate, the way before); the same random layers for each.")
+    "paths", list(evaluation.PATHS), "Where candidates' stages run "
+    "(evaluation.PATHS): 'sessions' (anchors built and traced once per "
+    "worker, graphs interpreted), 'compiled' (a model built and traced per "
+    "candidate, the way before) and 'hybrid' (stability on sessions, "
+    "training compiled); the same random layers for each.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Keep the searches' logs here (default: a temporary "
     "directory).")
@@ -150,7 +152,7 @@ def run_path(path, proxy, output_dir):
   store = store_lib.SearchStore(output_dir)
   store.create(config.to_dict())
   evaluator = controller.RayEvaluator(_WORKERS.value,
-                                      compiled=path == "compiled")
+                                      path=path)
   try:
     start = time.perf_counter()
     random_records = controller.Search(config, store, evaluator,
@@ -177,9 +179,10 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"Unknown --reference_layers {unknown}; choose among "
                          f"{sorted(KNOWN_GRAPHS)}.")
-  bad = sorted(set(_PATHS.value) - {"sessions", "compiled"})
+  bad = sorted(set(_PATHS.value) - set(evaluation.PATHS))
   if bad:
-    raise app.UsageError(f"Unknown --paths {bad}; use sessions, compiled.")
+    raise app.UsageError(f"Unknown --paths {bad}; use "
+                         f"{', '.join(evaluation.PATHS)}.")
   proxy = proxy_flags.proxy_config(_SEED.value)
   root = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="search_bench_")
   all_results = {"proxy": proxy.to_dict(), "preset": FLAGS.preset}

@@ -167,7 +167,9 @@ def test_encode_rejects_nothing_it_cannot_hold():
 def test_sessions_score_like_freshly_built_compiled_models():
   """A candidate evaluated on a reused anchor session (reset weights,
   optimizer and data) scores what a freshly built compiled model scores,
-  and the same again when evaluated a second time."""
+  and the same again when evaluated a second time; the hybrid path takes
+  its stability record from the session and its accuracies from the
+  compiled model."""
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
   config = proxies.ProxyConfig(
@@ -177,21 +179,33 @@ def test_sessions_score_like_freshly_built_compiled_models():
   data = proxies.load_data(config)
   sessions = {}
   records = {}
-  for name in ("evonorm_b0", "evonorm_s0", "evonorm_b0"):
-    for compiled in (False, True):
+  for name, paths in (("evonorm_b0", evaluation.PATHS),
+                      ("evonorm_s0", ("sessions", "compiled")),
+                      ("evonorm_b0", ("sessions", "hybrid"))):
+    for path in paths:
       record = evaluation.evaluate(GRAPHS[name], config, data,
-                                   sessions=sessions, compiled=compiled)
+                                   sessions=sessions, path=path)
       assert record["status"] == "accepted", (record.get("reason"), record.get("rejection"))
-      records.setdefault((name, compiled), []).append(record)
+      records.setdefault((name, path), []).append(record)
   for name in ("evonorm_b0", "evonorm_s0"):
-    session, fresh = records[(name, False)][0], records[(name, True)][0]
+    session, fresh = (records[(name, "sessions")][0],
+                      records[(name, "compiled")][0])
     for key in ("quality", "fitness"):
       np.testing.assert_allclose(session[key]["resnet"], fresh[key]["resnet"],
                                  atol=0.03)
     np.testing.assert_allclose(
         session["stability"]["resnet"]["max_grad_norm"],
         fresh["stability"]["resnet"]["max_grad_norm"], rtol=1e-3)
-  first, again = records[("evonorm_b0", False)]
-  assert first["fitness"] == again["fitness"]
-  assert first["quality"] == again["quality"]
-  assert "setup" in first["seconds"] and "setup" not in again["seconds"]
+  hybrid, hybrid_again = records[("evonorm_b0", "hybrid")]
+  first, again = records[("evonorm_b0", "sessions")]
+  assert hybrid["stability"] == first["stability"]
+  for key in ("quality", "fitness"):
+    np.testing.assert_allclose(
+        hybrid[key]["resnet"],
+        records[("evonorm_b0", "compiled")][0][key]["resnet"], atol=0.03)
+  for a, b in ((first, again), (hybrid, hybrid_again)):
+    assert a["fitness"] == b["fitness"] and a["quality"] == b["quality"]
+  # The first evaluation (hybrid) built the session; later ones reuse it.
+  assert "setup" in hybrid["seconds"] and "setup" not in first["seconds"]
+  with pytest.raises(ValueError, match="Unknown evaluation path 'jit'"):
+    evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, path="jit")

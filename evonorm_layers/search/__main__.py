@@ -30,6 +30,7 @@ from absl import flags
 
 from evonorm_layers import cli
 from evonorm_layers.search import controller
+from evonorm_layers.search import evaluation
 from evonorm_layers.search import proxies
 from evonorm_layers.search import proxy_flags
 from evonorm_layers.search import report
@@ -80,6 +81,12 @@ flags.DEFINE_float("max_minutes", None, "Stop proposing candidates after "
                    "this many minutes (those in flight finish); --resume "
                    "goes on.", lower_bound=0)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("evaluation_path", "hybrid", evaluation.PATHS,
+                  "Where a candidate's stages run: 'hybrid' (stability test "
+                  "on anchors traced once per worker, survivors trained on "
+                  "models compiled for them), 'sessions' (everything on the "
+                  "traced anchors) or 'compiled' (everything compiled per "
+                  "candidate). Same scores; see bench/search_throughput.py.")
 proxy_flags.define()
 
 # Flags that define the search; a resumed search keeps its stored values.
@@ -196,13 +203,13 @@ def main(argv):
     else:
       config = config_from_flags()
       # The data and the anchors are checked here, before any work.
-      from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
       evaluation.check_anchors(config.proxy, proxies.load_data(config.proxy))
       store.create(config.to_dict())
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())
 
-  evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address)
+  evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address,
+                                      path=FLAGS.evaluation_path)
   try:
     with cli.user_errors():
       baselines = evaluate_baselines(config, evaluator, store,

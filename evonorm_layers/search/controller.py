@@ -129,7 +129,7 @@ _WORKER_SESSIONS: dict[str, dict] = {}
 
 def evaluate_in_worker(candidate: dict, proxy: dict,
                        known_probes: list[str],
-                       compiled: bool = False) -> dict:
+                       path: str = "hybrid") -> dict:
   """Runs in a Ray worker: one candidate's protocols and training."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
@@ -150,7 +150,7 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
                                config, _WORKER_DATA[key],
                                known_probes=set(known_probes),
                                sessions=_WORKER_SESSIONS.setdefault(key, {}),
-                               compiled=compiled)
+                               path=path)
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
   return record
 
@@ -159,9 +159,10 @@ class RayEvaluator:
   """Submits candidates as Ray tasks (one CPU each) and collects them."""
 
   def __init__(self, workers: int, address: str | None = None,
-               compiled: bool = False):
+               path: str = "hybrid"):
+    """``path``: where a candidate's stages run (``evaluation.PATHS``)."""
     import ray  # pylint: disable=g-import-not-at-top
-    self.compiled = compiled
+    self.path = path
     self.ray = ray
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if CRASH_ONCE_ENV in os.environ:
@@ -177,7 +178,7 @@ class RayEvaluator:
 
   def submit(self, candidate, proxy, known_probes):
     return self.remote.remote(candidate, proxy, sorted(known_probes),
-                              self.compiled)
+                              self.path)
 
   def wait_one(self, refs):
     ready, _ = self.ray.wait(list(refs), num_returns=1)

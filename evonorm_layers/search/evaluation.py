@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import base
 from evonorm_layers.search import known_layers
 from evonorm_layers.search import program
 from evonorm_layers.search import proxies
@@ -44,6 +45,8 @@ from evonorm_layers.search.graph import LayerGraph
 from evonorm_layers.search.layer import SearchedNormActivation
 
 PROBE_SHAPE = (8, 4, 4, 16)
+# Where the stages run: see evaluate().
+PATHS = ("hybrid", "sessions", "compiled")
 
 
 class Rejected(Exception):
@@ -131,7 +134,7 @@ def make_ascent_step(model: tf_keras.Model, data: proxies.ProxyData,
                                    config.seed)))
   variables = model.trainable_variables
 
-  @tf.function
+  @tf.function(autograph=False)
   def ascend():
     with tf.GradientTape() as outer:
       with tf.GradientTape() as inner:
@@ -178,10 +181,15 @@ class ProxyTrainer:
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         config.learning_rate, config.train_steps)
     self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9)
+    # Its slots now, not in the first step: a tf.function that creates
+    # variables is traced twice.
+    self.optimizer.build(model.trainable_variables)
     self.iterator = iter(proxies.batches(data.train, config.batch_size,
                                          config.seed))
 
-    @tf.function
+    # (No AutoGraph: the layers have no data-dependent Python control flow,
+    # and converting them costs a third of the tracing.)
+    @tf.function(autograph=False)
     def step(x, y):
       with tf.GradientTape() as tape:
         loss = _loss(model, x, y)
@@ -189,7 +197,11 @@ class ProxyTrainer:
       self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return loss
 
-    @tf.function(reduce_retracing=True)  # the last batch is smaller
+    images, labels = getattr(data, config.eval_split)
+    # Any batch size (the last batch is smaller): traced once.
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([None, *images.shape[1:]], tf.float32),
+        tf.TensorSpec([None], tf.as_dtype(labels.dtype))])
     def correct(x, y):
       logits = model(x, training=False)
       return (tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int32)),
@@ -245,6 +257,14 @@ def disable_graph_optimizations():
                                                 True})
 
 
+def _weights_outside_norm_layers(model) -> list[tf.Variable]:
+  """The model's weights, in order, less its norm-activation layers'
+  (which differ between interpreted and compiled layers)."""
+  inside = {id(v) for layer in model.submodules
+            if isinstance(layer, base.NormActivation) for v in layer.weights}
+  return [v for v in model.weights if id(v) not in inside]
+
+
 class AnchorSession:
   """One anchor, built and traced once, that evaluates any candidate.
 
@@ -273,6 +293,8 @@ class AnchorSession:
     self.model = proxies.build_model(anchor, make_norm, config,
                                      data.num_classes)
     self.initial_weights = self.model.get_weights()
+    self.initial_outside_norm = [
+        w.numpy() for w in _weights_outside_norm_layers(self.model)]
     self.trainer = ProxyTrainer(self.model, data, config)
     self.ascend = (make_ascent_step(self.model, data, config)
                    if config.stability_steps else None)
@@ -339,15 +361,32 @@ class CompiledAnchor:
   setup_stages: dict = {}
 
   def __init__(self, anchor: str, config: proxies.ProxyConfig,
-               data: proxies.ProxyData):
+               data: proxies.ProxyData, initial: list | None = None):
+    """``initial``: the weights outside norm-activation layers to start
+    from (``AnchorSession.initial_outside_norm``), instead of seeding."""
     self.anchor, self.config, self.data = anchor, config, data
+    self.initial = initial
     self.trainer = None
 
   def _model(self, graph):
-    tf_keras.backend.clear_session()
-    tf_keras.utils.set_random_seed(self.config.seed)
-    return proxies.build_model(self.anchor, norm_factory(graph, self.config),
-                               self.config, self.data.num_classes)
+    if self.initial is None:
+      tf_keras.backend.clear_session()
+      tf_keras.utils.set_random_seed(self.config.seed)
+    model = proxies.build_model(self.anchor, norm_factory(graph, self.config),
+                                self.config, self.data.num_classes)
+    if self.initial is not None:
+      # Seeding would clear TensorFlow's kernel cache, and every traced
+      # function of the worker's sessions would be instantiated again
+      # (seconds each): the session's initial weights are copied instead.
+      weights = _weights_outside_norm_layers(model)
+      if [tuple(w.shape) for w in weights] != [
+          w.shape for w in self.initial]:
+        raise ValueError(f"Anchor {self.anchor!r} builds different weights "
+                         "each time; it cannot be evaluated on the hybrid "
+                         "path (use --evaluation_path=compiled).")
+      for variable, value in zip(weights, self.initial):
+        variable.assign(value)
+    return model
 
   def start(self, graph: LayerGraph):
     self.trainer = ProxyTrainer(self._model(graph), self.data, self.config)
@@ -360,18 +399,23 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
              data: proxies.ProxyData,
              known_probes: frozenset[str] | set[str] = frozenset(),
              sessions: dict[str, AnchorSession] | None = None,
-             compiled: bool = False) -> dict[str, Any]:
+             path: str = "hybrid") -> dict[str, Any]:
   """Runs the protocols and the proxy training for one candidate.
 
   If the candidate's probe fingerprint is in ``known_probes`` it computes
   the same function as a layer already evaluated: the record is then just
   ``{"status": "cached", "probe": ...}``.
 
-  ``sessions`` (anchor -> ``AnchorSession``) are reused across calls: pass
-  the same dict to evaluate many candidates; missing anchors are built and
-  traced into it, and that time is recorded as the stage ``setup``.
-  ``compiled=True`` builds and traces compiled models for this candidate
-  instead (``CompiledAnchor``, the slower way before sessions).
+  ``path`` (one of ``PATHS``) says where each stage runs: ``"sessions"``
+  runs all of them on ``AnchorSession``s; ``"compiled"`` on models built
+  and traced for this candidate (``CompiledAnchor``, the way before
+  sessions); ``"hybrid"`` (the default) runs the stability test, which most
+  candidates fail within a step or two, on sessions, and trains the
+  survivors on compiled models, whose steps run three times faster than
+  the interpreter's. ``sessions`` (anchor -> ``AnchorSession``) are reused
+  across calls: pass the same dict to evaluate many candidates; missing
+  anchors are built and traced into it, and that time is recorded as the
+  stage ``setup``.
 
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
@@ -382,13 +426,22 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   timer = Timer()
   record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
   start = time.perf_counter()
-  sessions = {} if sessions is None or compiled else sessions
+  if path not in PATHS:
+    raise ValueError(f"Unknown evaluation path {path!r}; use one of "
+                     f"{', '.join(PATHS)}.")
+  sessions = {} if sessions is None else sessions
+  fresh: dict[str, CompiledAnchor] = {}
 
-  def session(anchor):
+  def session(anchor, stage):
+    if path == "compiled" or (path == "hybrid" and stage != "stability"):
+      if anchor not in fresh:
+        initial = (session(anchor, "stability").initial_outside_norm
+                   if path == "hybrid" else None)
+        fresh[anchor] = CompiledAnchor(anchor, config, data, initial)
+      return fresh[anchor]
     if anchor not in sessions:
       with timer("setup"):
-        sessions[anchor] = (CompiledAnchor if compiled else AnchorSession)(
-            anchor, config, data)
+        sessions[anchor] = AnchorSession(anchor, config, data)
     return sessions[anchor]
 
   try:
@@ -397,11 +450,11 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
     if record["probe"] in known_probes:
       return {"status": "cached", "probe": record["probe"]}
     for anchor in (config.anchors if config.stability_steps else ()):
-      runner = session(anchor)
+      runner = session(anchor, "stability")
       with timer("stability"):
         record["stability"][anchor] = runner.stability(graph)
     for anchor in config.anchors:
-      runner = session(anchor)
+      runner = session(anchor, "quality")
       with timer("quality"):
         runner.start(graph)
         runner.trainer.train_until(config.quality_steps)
@@ -410,10 +463,11 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
       if accuracy < config.quality_threshold:
         raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
     for anchor in config.anchors:
+      trainer = session(anchor, "training").trainer
       with timer("training"):
-        sessions[anchor].trainer.train_until(config.train_steps)
+        trainer.train_until(config.train_steps)
       with timer("evaluation"):
-        record["fitness"][anchor] = sessions[anchor].trainer.accuracy()
+        record["fitness"][anchor] = trainer.accuracy()
     record.update(status="accepted", reason=None)
   except Rejected as rejection:
     record.update(status="rejected", reason=rejection.reason,
