@@ -63,14 +63,19 @@ def test_search_throughput(tmp_path):
 
 
 def test_search_quality(tmp_path):
-  """Evolution and random search, one seed each, four candidates."""
+  """Warm-started evolution and random search, one seed each, four
+  candidates."""
   result = _run("search_quality.py", f"--output_dir={tmp_path}",
                 "--seeds=0", "--max_candidates=4", "--max_minutes=10",
                 "--workers=2", "--population=2", "--tournament=2",
+                "--algorithms=random", "--seed_layers=evonorm_b0",
                 *SEARCH_TINY, timeout=900)
   assert (tmp_path / "search_quality.png").stat().st_size > 0
   summary = json.loads((tmp_path / "summary.json").read_text())
-  assert set(summary) == {"evolution", "random"}
+  assert set(summary) == {"evolution_seeded", "random"}
+  seeded = json.loads((tmp_path / "evolution_seeded_seed0" /
+                       "evaluations.jsonl").read_text().splitlines()[0])
+  assert seeded["origin"] == "seed"
   assert all(run["candidates"] == 4 for runs in summary.values()
              for run in runs)
   assert "| bn_relu (same protocol) |" in result.stdout

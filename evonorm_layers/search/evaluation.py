@@ -17,11 +17,15 @@ first failure (Section 4.2 of the paper):
 A candidate that produces Inf or NaN anywhere is rejected and recorded, never
 a crash; every step's wall time is recorded.
 
-The stages 2-4 run on ``AnchorSession``s: each anchor is built with
-``program.ProgramNormActivation`` and its steps traced once (per worker),
-then every candidate only loads its graph into the layers' variables and
-resets the weights (``CompiledAnchor`` is the slower way, kept as the
-benchmark's baseline: a freshly built and traced model per candidate).
+Where the stages run (``PATHS``; ``bench/search_throughput.py`` measures
+each): the stability test, which most candidates fail within a step or two,
+on ``AnchorSession``s (each anchor built with
+``program.ProgramNormActivation`` and its steps traced once per worker; a
+candidate only loads its graph into the layers' variables and resets the
+weights); the training of its survivors on models compiled for the
+candidate (``CompiledAnchor``), whose steps run about 3x faster than the
+interpreter's, from the session's initial weights. ``"sessions"`` and
+``"compiled"`` run every stage one way.
 """
 
 from __future__ import annotations

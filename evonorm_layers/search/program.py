@@ -13,9 +13,13 @@ search builds and traces each anchor once per worker
 
 It computes what ``SearchedNormActivation`` computes for the same graph, in
 training and inference, with the same moving statistics and the same first
-and second derivatives (``tests/test_search_program.py``); a step costs about
-twice the compiled layer's at the search's proxy sizes, against seconds of
-building and tracing saved per candidate and anchor.
+and second derivatives (``tests/test_search_program.py``). Interpreting
+costs time per step (measured at the laptop preset on the ResNet anchor: a
+training step 3-4x the compiled layer's, a second-order stability step
+15-20x, control flow and its gradients' bookkeeping), against seconds of
+building and tracing saved per candidate and anchor: the search uses it
+for the stability test, which most candidates fail within a step or two
+(``evaluation.PATHS``).
 """
 
 from __future__ import annotations
