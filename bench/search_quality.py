@@ -33,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,6 +55,9 @@ flags.DEFINE_integer("max_candidates", 400, "Candidate budget per run.",
 flags.DEFINE_float("max_minutes", 60.0, "Wall-time budget per run.",
                    lower_bound=0)
 flags.DEFINE_integer("workers", 2, "Ray workers per run.", lower_bound=1)
+flags.DEFINE_integer("parallel_runs", 1, "Searches run at once (e.g. 2 "
+                     "runs of 1 worker on 2 cores: both algorithms share the "
+                     "machine alike).", lower_bound=1)
 flags.DEFINE_integer("population", 20, "Evolution's population.")
 flags.DEFINE_integer("tournament", 5, "Evolution's tournament size.")
 flags.DEFINE_bool("batch_independent", False, "S-series search space.")
@@ -63,8 +67,12 @@ flags.DEFINE_list("seed_layers", [], "Also run evolution warm-started from "
 proxy_flags.define()
 
 
-def _run(name, algorithm, seed, seed_layers=()):
+def _command(name, algorithm, seed, seed_layers=()):
+  """The search command of one run, or None if the run has finished (its
+  report is written); a killed run resumes (with a fresh time budget)."""
   output_dir = os.path.join(FLAGS.output_dir, name)
+  if os.path.exists(os.path.join(output_dir, "report.md")):
+    return None
   resume = os.path.exists(os.path.join(output_dir, store_lib.CONFIG))
   command = [sys.executable, "-m", "evonorm_layers.search",
              f"--output_dir={output_dir}", "--noprogress",
@@ -84,13 +92,37 @@ def _run(name, algorithm, seed, seed_layers=()):
     for key, value in proxy_flags.given().items():
       command.append(f"--{key}=" + (",".join(value) if key == "anchors"
                                     else str(value)))
-  print(f"{name}: {'resuming' if resume else 'starting'}", flush=True)
-  result = subprocess.run(command, capture_output=True, text=True,
-                          check=False)
-  if result.returncode:
-    last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise RuntimeError(f"{name} failed: {last}")
-  return output_dir
+  return command
+
+
+def _run_all(runs: dict) -> None:
+  """Runs the searches, ``--parallel_runs`` at a time (each its own Ray
+  instance with ``--workers`` CPUs; its output in ``NAME.log``)."""
+  waiting = [(name, _command(name, *spec)) for name, spec in runs.items()]
+  running = {}
+  while waiting or running:
+    while waiting and len(running) < FLAGS.parallel_runs:
+      name, command = waiting.pop(0)
+      if command is None:
+        print(f"{name}: finished before", flush=True)
+        continue
+      print(f"{name}: {'resuming' if '--resume' in command else 'starting'}",
+            flush=True)
+      log = os.path.join(FLAGS.output_dir, f"{name}.log")
+      with open(log, "a") as f:
+        running[name] = (subprocess.Popen(command, stdout=f, stderr=f), log)
+    for name, (process, log) in list(running.items()):
+      if process.poll() is None:
+        continue
+      del running[name]
+      if process.returncode:
+        with open(log) as f:
+          last = (f.read().strip().splitlines() or ["(no output)"])[-1]
+        for other, _ in running.values():
+          other.kill()
+        raise RuntimeError(f"{name} failed: {last}")
+      print(f"{name}: done", flush=True)
+    time.sleep(1)
 
 
 def _baselines(output_dir):
@@ -191,14 +223,14 @@ def table(summary, anchors) -> str:
 def main(argv):
   del argv
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  runs = {}
   variants = [(a, a, ()) for a in FLAGS.algorithms]
   if FLAGS.seed_layers:
     variants.insert(0, ("evolution_seeded", "evolution", FLAGS.seed_layers))
-  for label, algorithm, seed_layers in variants:
-    for seed in FLAGS.seeds:
-      name = f"{label}_seed{seed}"
-      runs[name] = _run(name, algorithm, int(seed), seed_layers)
+  specs = {f"{label}_seed{seed}": (algorithm, int(seed), seed_layers)
+           for label, algorithm, seed_layers in variants
+           for seed in FLAGS.seeds}
+  _run_all(specs)
+  runs = {name: os.path.join(FLAGS.output_dir, name) for name in specs}
   summary = summarize(runs)
   with open(os.path.join(next(iter(runs.values())), store_lib.CONFIG)) as f:
     anchors = json.load(f)["proxy"]["anchors"]

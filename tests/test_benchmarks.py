@@ -67,8 +67,9 @@ def test_search_quality(tmp_path):
   candidates."""
   result = _run("search_quality.py", f"--output_dir={tmp_path}",
                 "--seeds=0", "--max_candidates=4", "--max_minutes=10",
-                "--workers=2", "--population=2", "--tournament=2",
-                "--algorithms=random", "--seed_layers=evonorm_b0",
+                "--workers=1", "--parallel_runs=2", "--population=2",
+                "--tournament=2", "--algorithms=random",
+                "--seed_layers=evonorm_b0",
                 *SEARCH_TINY, timeout=900)
   assert (tmp_path / "search_quality.png").stat().st_size > 0
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -76,6 +77,11 @@ def test_search_quality(tmp_path):
   seeded = json.loads((tmp_path / "evolution_seeded_seed0" /
                        "evaluations.jsonl").read_text().splitlines()[0])
   assert seeded["origin"] == "seed"
+  # Both ran at once; run again, the finished runs are kept, not redone.
+  again = _run("search_quality.py", f"--output_dir={tmp_path}",
+               "--seeds=0", "--max_candidates=4", "--algorithms=random",
+               "--seed_layers=evonorm_b0", *SEARCH_TINY, timeout=300)
+  assert again.stdout.count("finished before") == 2
   assert all(run["candidates"] == 4 for runs in summary.values()
              for run in runs)
   assert "| bn_relu (same protocol) |" in result.stdout
