@@ -61,6 +61,9 @@ flags.DEFINE_integer("parallel_runs", 1, "Searches run at once (e.g. 2 "
 flags.DEFINE_integer("population", 20, "Evolution's population.")
 flags.DEFINE_integer("tournament", 5, "Evolution's tournament size.")
 flags.DEFINE_bool("batch_independent", False, "S-series search space.")
+flags.DEFINE_list("baselines", list(report.BASELINES), "Known layers each "
+                  "run evaluates under its protocol, for the table and the "
+                  "plot (bn_relu at least: the proxy must accept it).")
 flags.DEFINE_list("seed_layers", [], "Also run evolution warm-started from "
                   "these layers (its runs are named evolution_seeded_seedN); "
                   "random search has no population to seed.")
@@ -86,7 +89,8 @@ def _command(name, algorithm, seed, seed_layers=()):
                 f"--population={FLAGS.population}",
                 f"--tournament={FLAGS.tournament}",
                 f"--preset={FLAGS.preset}",
-                f"--batch_independent={FLAGS.batch_independent}"]
+                f"--batch_independent={FLAGS.batch_independent}",
+                "--baselines=" + ",".join(FLAGS.baselines)]
     if seed_layers:
       command.append("--seed_layers=" + ",".join(seed_layers))
     for key, value in proxy_flags.given().items():

@@ -439,8 +439,9 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   def session(anchor, stage):
     if path == "compiled" or (path == "hybrid" and stage != "stability"):
       if anchor not in fresh:
+        # (Without a stability test, no session: seeded like "compiled".)
         initial = (session(anchor, "stability").initial_outside_norm
-                   if path == "hybrid" else None)
+                   if path == "hybrid" and config.stability_steps else None)
         fresh[anchor] = CompiledAnchor(anchor, config, data, initial)
       return fresh[anchor]
     if anchor not in sessions:
