@@ -87,7 +87,7 @@ def test_search_quality(tmp_path):
   assert all(run["candidates"] == 4 for runs in summary.values()
              for run in runs)
   assert "| bn_relu (same protocol) |" in result.stdout
-  assert "evolution: median best average accuracy" in result.stdout
+  assert "evolution_seeded: median best average accuracy" in result.stdout
 
 
 def test_detection_cost():
