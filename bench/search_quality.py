@@ -74,7 +74,7 @@ def _command(name, algorithm, seed, seed_layers=()):
   """The search command of one run, or None if the run has finished (its
   report is written); a killed run resumes (with a fresh time budget)."""
   output_dir = os.path.join(FLAGS.output_dir, name)
-  if os.path.exists(os.path.join(output_dir, "report.md")):
+  if os.path.exists(os.path.join(output_dir, report.REPORT)):
     return None
   resume = os.path.exists(os.path.join(output_dir, store_lib.CONFIG))
   command = [sys.executable, "-m", "evonorm_layers.search",

@@ -5,10 +5,12 @@ Runs the real search machinery (``controller.Search`` on Ray, one CPU per
 worker) as random search with rejection over ``--random_layers`` random
 layers, then evaluates the paper's layers (``--reference_layers``, which
 pass the protocols) through the same workers to measure the cost of a full
-evaluation on this machine; once per evaluation path (``--paths``):
-``sessions`` (each anchor built and traced once per worker, candidates
-interpreted: the search's way) and ``compiled`` (a model built and traced
-per candidate: the way before), side by side. Prints, per path:
+evaluation on this machine; once per evaluation path (``--paths``,
+``evaluation.PATHS``): ``hybrid`` (the search's default: the stability test
+on anchors traced once per worker, survivors trained compiled), ``sessions``
+(every stage on the traced anchors, candidates interpreted) and
+``compiled`` (a model built and traced per candidate: the way before), side
+by side. Prints, per path:
 
 * candidates evaluated per core-hour, from the wall time of the search loop
   (``workers`` cores; Ray start-up excluded, worker start-up included) and
@@ -26,7 +28,7 @@ per candidate: the way before), side by side. Prints, per path:
 
   python bench/search_throughput.py                 # laptop preset, 100 layers
   python bench/search_throughput.py --preset=cluster --random_layers=200 \
-      --workers=8 --paths=sessions                  # a bigger machine
+      --workers=8 --paths=hybrid                    # a bigger machine
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from evonorm_layers.search.graph import LayerGraph
 
 RERANK_LOG = "rerank.jsonl"
 BASELINE_LOG = "baselines.jsonl"
+REPORT = "report.md"  # written last: a search with one has finished
 # Known layers every search evaluates first, under its own proxy.
 BASELINES = ("bn_relu", "evonorm_b0", "evonorm_s0")
 STAGES = ("probe", "stability", "quality", "training", "evaluation")
@@ -316,7 +317,7 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
             "", "![random layers](figure2_random_layers.png)",
             "![progress](figure6_progress.png)",
             "![Pareto front](pareto_front.png)", ""]
-  path = os.path.join(output_dir, "report.md")
+  path = os.path.join(output_dir, REPORT)
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
