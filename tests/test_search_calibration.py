@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 LAYERS = ["bn_relu", "gn_relu", "evonorm_b0", "evonorm_s0",
-          "b0_no_global_term", "b0_max_to_add", "relu", "x_times_zero"]
+          "b0_no_global_term", "b0_max_to_add", "relu", "tanh",
+          "x_times_zero"]
 
 
 def test_laptop_preset_accepts_good_and_rejects_bad_layers(tmp_path):
@@ -29,9 +30,11 @@ def test_laptop_preset_accepts_good_and_rejects_bad_layers(tmp_path):
   for name in ("bn_relu", "gn_relu", "evonorm_b0", "evonorm_s0"):
     assert rows[name]["status"] == "accepted", rows[name]
     assert rows[name]["fitness"]["resnet"] > 0.2  # chance is 0.1
-  for name in ("b0_no_global_term", "b0_max_to_add", "relu"):
+  for name in ("b0_no_global_term", "b0_max_to_add"):
     assert rows[name]["reason"] == "stability", rows[name]
-  assert rows["x_times_zero"]["rejection"]["stage"] == "probe"
+  for name in ("relu", "tanh", "x_times_zero"):
+    assert rows[name]["rejection"]["stage"] == "probe", rows[name]
+  assert "does not normalize" in rows["tanh"]["rejection"]["detail"]
 
 
 def test_calibration_flags_are_checked():

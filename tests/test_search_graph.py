@@ -41,6 +41,17 @@ def test_fingerprint_ignores_unused_nodes_duplicates_and_operand_order():
   assert len(B0.fingerprint()) == 16
 
 
+def test_a_graph_normalizes_when_a_statistic_of_x_reaches_the_output():
+  for name, g in known_layers.KNOWN_GRAPHS.items():
+    assert g.normalizes, name
+  for g in (graph(("max", 0, 1)),  # ReLU
+            graph(("tanh", 0)),
+            graph(("std_wh", 2), ("mul", 0, 4)),  # a statistic of v0 only
+            graph(("std_wh", 0), ("tanh", 0))):  # the statistic is unused
+    assert not g.normalizes, g.to_dict()
+  assert graph(("tanh", 0), ("std_wh", 4), ("div", 4, 5)).normalizes
+
+
 def test_formulas_read_like_the_paper():
   assert B0.formula() == "x / max(sqrt(s2_bwh(x)), (v1*x + sqrt(s2_wh(x))))"
   assert known_layers.KNOWN_GRAPHS["evonorm_s0"].formula() == (

@@ -19,16 +19,22 @@ def data():
   return proxies.load_data(CONFIG)
 
 
-def _stability(g, anchor, data):
-  model = proxies.build_model(anchor, evaluation.norm_factory(g, CONFIG),
-                              CONFIG)
-  return evaluation.stability_test(model, data, CONFIG)
+def _with(**changes):
+  return proxies.ProxyConfig(**{**CONFIG.to_dict(), **changes})
 
 
+def _stability(g, anchor, data, config=CONFIG):
+  model = proxies.build_model(anchor, evaluation.norm_factory(g, config),
+                              config)
+  return evaluation.stability_test(model, data, config)
+
+
+@pytest.mark.parametrize("direction", proxies.STABILITY_DIRECTIONS)
 @pytest.mark.parametrize("variant", ["max_to_add", "no_global_term"])
-def test_stability_rejects_unstable_b0_variants(variant, data):
+def test_stability_rejects_unstable_b0_variants(variant, direction, data):
   with pytest.raises(evaluation.Rejected) as rejection:
-    _stability(known_layers.B0_VARIANTS[variant], "resnet", data)
+    _stability(known_layers.B0_VARIANTS[variant], "resnet", data,
+               _with(stability_direction=direction))
   assert rejection.value.reason == "stability"
   # As the paper observes, unstable layers blow up within a few steps.
   assert rejection.value.detail["steps"] <= 5
@@ -40,6 +46,56 @@ def test_stability_passes_evonorm_b0_for_all_100_steps(anchor, data):
   record = _stability(known_layers.KNOWN_GRAPHS["evonorm_b0"], anchor, data)
   assert record["steps"] == CONFIG.stability_steps == 100
   assert record["max_grad_norm"] < CONFIG.stability_threshold
+
+
+def test_finite_difference_ascent_follows_the_exact_direction(data):
+  """Both ascents move each weight by the same length; the finite
+  difference of gradients points where the second-order derivative does
+  (EvoNorm-S0: a smooth network, so the two agree closely)."""
+  config = _with(stability_step_size=0.05)
+  model = proxies.build_model(
+      "resnet", evaluation.norm_factory(
+          known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
+  start = [v.numpy() for v in model.trainable_variables]
+  moved = {}
+  for direction in proxies.STABILITY_DIRECTIONS:
+    for variable, value in zip(model.trainable_variables, start):
+      variable.assign(value)
+    ascend = evaluation.make_ascent_step(
+        model, data, _with(stability_step_size=0.05,
+                           stability_direction=direction))
+    norm = float(ascend())
+    moved[direction] = [v.numpy() - s
+                        for v, s in zip(model.trainable_variables, start)]
+    assert np.isfinite(norm) and norm > 0
+  cosines = []
+  for exact, difference in zip(moved["exact"], moved["finite_difference"]):
+    a, b = exact.ravel(), difference.ravel()
+    if np.linalg.norm(a) == 0:  # a weight the loss does not reach
+      assert np.linalg.norm(b) == 0
+      continue
+    np.testing.assert_allclose(np.linalg.norm(b), np.linalg.norm(a),
+                               rtol=1e-3)
+    cosines.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+  assert len(cosines) > 10
+  assert np.median(cosines) > 0.999 and min(cosines) > 0.99, cosines
+
+
+def test_batches_are_reproducible_reshuffled_and_complete():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+  split = (images, np.arange(10))
+  stream = proxies.batches(split, 4, seed=3)
+  labels = np.concatenate([next(stream)[1] for _ in range(5)])
+  # Each epoch is a permutation; the two differ; a batch spans them.
+  assert sorted(labels[:10]) == sorted(labels[10:]) == list(range(10))
+  assert list(labels[:10]) != list(labels[10:])
+  again = proxies.batches(split, 4, seed=3)
+  x, y = next(again)
+  np.testing.assert_array_equal(y, labels[:4])
+  np.testing.assert_allclose(x.ravel(), (y - 127.5) / 64.0)
+  assert x.dtype == np.float32
+  once = [y for _, y in proxies.batches(split, 4, seed=3, repeat=False)]
+  assert [list(y) for y in once] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_quality_rejects_the_papers_random_layer_and_keeps_b0(data):
@@ -85,6 +141,15 @@ def test_probe_rejects_layers_whose_output_ignores_x(g):
   # Layers that do depend on x pass.
   evaluation.probe(known_layers.KNOWN_GRAPHS["evonorm_b0"])
   evaluation.probe(graph(("mean_bwh", 0)))  # constant per channel in a batch
+
+
+@pytest.mark.parametrize("g", [graph(("max", 0, 1)), graph(("tanh", 0)),
+                               graph(("std_wh", 2), ("mul", 0, 4))])
+def test_probe_rejects_layers_that_do_not_normalize(g):
+  with pytest.raises(evaluation.Rejected) as info:
+    evaluation.probe(g)
+  assert info.value.reason == "quality"
+  assert "does not normalize" in info.value.detail["detail"]
 
 
 def test_equivalent_layers_share_a_probe_fingerprint():

@@ -40,10 +40,12 @@ BAD_GRAPHS = {
     # Table 7: NaN during ImageNet training (1e-3 accuracy).
     "b0_no_global_term": B0_VARIANTS["no_global_term"],
     "b0_max_to_add": B0_VARIANTS["max_to_add"],
-    # No normalization: the gradient norm grows without bound.
+    # No normalization (rejected at the probe; unbounded ones would also
+    # fail the stability test, tanh would not).
     "relu": graph(("max", 0, 1)),
     "silu": graph(("sigmoid", 0), ("mul", 0, 4)),
     "square": graph(("square", 0)),
+    "tanh": graph(("tanh", 0)),
     # The output does not depend on the input.
     "x_times_zero": graph(("mul", 0, 1)),
     "sigmoid_v1": graph(("sigmoid", 3)),

@@ -70,7 +70,11 @@ class LayerGraph:
 
   def used_nodes(self) -> set[int]:
     """Indices of the nodes the output depends on (itself included)."""
-    used, stack = set(), [self.output]
+    return self.ancestors(self.output)
+
+  def ancestors(self, index: int) -> set[int]:
+    """Indices of the nodes ``index`` depends on (itself included)."""
+    used, stack = set(), [index]
     while stack:
       index = stack.pop()
       if index in used:
@@ -87,6 +91,17 @@ class LayerGraph:
 
   def uses(self, initial: str) -> bool:
     return INITIAL_NODES.index(initial) in self.used_nodes()
+
+  @property
+  def normalizes(self) -> bool:
+    """Whether a statistic of ``x`` (an aggregation of a node that depends
+    on ``x``) reaches the output; without one the graph is an activation
+    function applied element by element, not a normalization."""
+    x = INITIAL_NODES.index("x")
+    return any(
+        primitives.get(self.node(i).op).is_aggregation and
+        x in self.ancestors(i)
+        for i in self.used_nodes() if i >= len(INITIAL_NODES))
 
   def canonical(self) -> "LayerGraph":
     """Unused nodes dropped, duplicates merged, commutative operands sorted."""

@@ -44,6 +44,10 @@ def define(default_preset: str = "laptop"):
   for name in _FLOATS:
     flags.DEFINE_float(name, None, f"Proxy setting (ProxyConfig.{name}; "
                        "default: the preset's).")
+  flags.DEFINE_enum("stability_direction", None,
+                    list(proxies.STABILITY_DIRECTIONS), "How the stability "
+                    "test's ascent direction is computed (default: the "
+                    "preset's).")
 
 
 def given() -> dict:
