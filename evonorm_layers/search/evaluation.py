@@ -8,7 +8,9 @@ first failure (Section 4.2 of the paper):
    candidates that compute the same function share one evaluation.
 2. **stability**, per anchor: gradient ascent on the weights towards a
    larger gradient norm ``||dL/dtheta||``, up to ``stability_steps`` steps;
-   a norm above ``stability_threshold`` (or Inf/NaN) rejects.
+   a norm above ``stability_threshold`` (or Inf/NaN) rejects. Its direction
+   is exact (second order) or a finite difference of two gradients
+   (``config.stability_direction``; see :func:`make_ascent_step`).
 3. **quality**, per anchor: ``quality_steps`` training steps; validation
    accuracy below ``quality_threshold`` on any anchor rejects.
 4. **training**: the survivors train on to ``train_steps``; their validation

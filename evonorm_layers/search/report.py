@@ -153,7 +153,7 @@ def rejection_text(record: dict) -> str:
     return (f"quality: {detail['anchor']} at {detail['accuracy']:.3f} after "
             "the quality steps")
   if detail.get("stage") == "probe":
-    return "probe: the output does not depend on x"
+    return "probe: " + detail.get("detail", f"{record.get('reason')}")
   return f"{record.get('reason')}: {detail}"
 
 
