@@ -158,31 +158,49 @@ def summarize(runs: dict) -> dict:
   return summary
 
 
+NOTHING = float("-inf")  # a run that has accepted no layer yet
+
+
+def median_best(values):
+  """The median over runs, a run without an accepted layer counting as the
+  lowest; None when that is where the median falls."""
+  middle = statistics.median([NOTHING if v is None else v for v in values])
+  return None if middle == NOTHING else middle
+
+
 def plot(summary, path, budget):
+  """Best fitness against candidates evaluated: every run thin, the median
+  over an algorithm's runs bold (drawn where at least half of them have
+  accepted a layer; a run that stopped earlier, at the same wall time,
+  keeps its final best)."""
   plt = report._plt()  # pylint: disable=protected-access
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for algorithm, runs in summary.items():
-    grid = list(range(1, budget + 1))
+    grid = list(range(1, min(budget, max(r["candidates"] for r in runs)) + 1))
     curves = []
     for run in runs:
       xs, ys = run["curve"]
-      values, j, best = [], 0, None
+      values, j, best = [], 0, NOTHING
       for x in grid:
         while j < len(xs) and xs[j] <= x:
           best = ys[j]
           j += 1
-        values.append(best if x <= run["candidates"] else None)
+        values.append(best)
       curves.append(values)
-    med, low, high, at = [], [], [], []
+    med, at = [], []
     for i, x in enumerate(grid):
-      column = [c[i] for c in curves if c[i] is not None]
-      if column:
+      middle = median_best([c[i] for c in curves])
+      if middle is not None:
         at.append(x)
-        med.append(statistics.median(column))
-        low.append(min(column))
-        high.append(max(column))
-    line, = ax.plot(at, med, label=f"{algorithm} (median of {len(runs)})")
-    ax.fill_between(at, low, high, alpha=0.2, color=line.get_color())
+        med.append(middle)
+    line, = ax.plot(at, med, linewidth=2,
+                    label=f"{algorithm} (median of {len(runs)})")
+    for run, values in zip(runs, curves):
+      points = [(x, v) for x, v in zip(grid, values)
+                if x <= run["candidates"] and v != NOTHING]
+      if points:
+        ax.plot(*zip(*points), color=line.get_color(), alpha=0.35,
+                linewidth=0.8, marker="." if len(points) == 1 else None)
   baselines = next(iter(summary.values()))[0]["baselines"]
   for name, style in (("bn_relu", ":"), ("evonorm_b0", "--"),
                       ("evonorm_s0", "-.")):
@@ -242,11 +260,13 @@ def main(argv):
   plot(summary, figure, FLAGS.max_candidates)
   text = table(summary, anchors)
   lines = [text, ""]
-  medians = {a: statistics.median([r["best_average"] or 0.0 for r in runs])
-             for a, runs in summary.items()}
   for algorithm, runs in summary.items():
+    middle = median_best([r["best_average"] for r in runs])
+    empty = sum(r["best_average"] is None for r in runs)
     lines.append(f"{algorithm}: median best average accuracy "
-                 f"{medians[algorithm]:.3f} over {len(runs)} seeds; "
+                 + ("none" if middle is None else f"{middle:.3f}")
+                 + f" over {len(runs)} seeds"
+                 + (f" ({empty} accepted no layer)" if empty else "") + "; "
                  "candidates per run " + ", ".join(
                      str(r["candidates"]) for r in runs) +
                  "; evaluation time per run " + ", ".join(

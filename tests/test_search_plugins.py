@@ -115,8 +115,9 @@ def test_user_anchor_image_directory_and_seed_layers(plugin_dir, tmp_path):
      "'my_anchors' has no function 'no_such_function'"),
     (["--anchors=no_such_module:build"], "cannot import 'no_such_module'"),
     (["--anchors=my_anchors:forgets_the_norm"], "never called make_norm"),
-    (["--anchors=my_anchors:upsamples"],
-     r"without a second derivative \(ResizeNearestNeighborGrad\)"),
+    (["--anchors=my_anchors:upsamples", "--stability_direction=exact"],
+     r"without a second derivative \(ResizeNearestNeighborGrad\).*"
+     "--stability_direction=finite_difference"),
     (["--dataset=/no/such/images"], "Unknown dataset '/no/such/images'"),
     (["--seed_layers=pixelnorm_relu"],
      "'pixelnorm_relu' is not a layer of the search space"),

@@ -200,9 +200,10 @@ def make_ascent_step(model: tf_keras.Model, data: proxies.ProxyData,
   if config.stability_direction == "finite_difference":
     gradients = gradients or make_gradients(model, data)
 
-    # The gradients are called from Python, not from a traced step: a traced
-    # function calling them would be instantiated with their whole graph
-    # inlined (1.5 s per model), these two small ones take milliseconds.
+    # The gradients are called from Python, not from a traced step: one
+    # traced function calling them twice was instantiated with their graph
+    # inlined (first call 1.3-1.8 s per compiled model, measured; these two
+    # small functions and the first steps: 0.5-0.9 s).
     @tf.function(autograph=False)
     def offset(h, grads):
       for variable, grad in zip(variables, grads):
@@ -417,7 +418,7 @@ def check_anchors(config: proxies.ProxyConfig, data: proxies.ProxyData):
   """Builds each user anchor once with BN-ReLU at its norm sites and runs
   one stability step, so that a builder the search cannot use is a clear
   error before any work starts (e.g. an op without a second derivative,
-  which the stability test needs)."""
+  which the exact stability direction needs)."""
   for anchor in config.anchors:
     if ":" not in anchor:
       continue
@@ -436,8 +437,10 @@ def check_anchors(config: proxies.ProxyConfig, data: proxies.ProxyData):
         op = missing.group(1)
         raise ValueError(
             f"Anchor {anchor!r} has an op without a second derivative ({op})"
-            ", which the stability test differentiates: replace it (e.g. "
-            "UpSampling2D by Conv2DTranspose) or pass --stability_steps=0."
+            ", which the exact stability test differentiates: replace it "
+            "(e.g. UpSampling2D by Conv2DTranspose), or pass "
+            "--stability_direction=finite_difference (first derivatives "
+            "only) or --stability_steps=0."
         ) from None
   tf_keras.backend.clear_session()
 
