@@ -148,8 +148,10 @@ def _loss(model, x, y, training=True):
 DIFFERENCE_STEP = 1e-4
 
 
-def _gradient_signature(data: proxies.ProxyData):
-  images, labels = data.train
+def _batch_signature(split):
+  """The input signature of a function of ``(images, labels)`` batches of
+  ``split`` (from ``proxies.batches``), any batch size: traced once."""
+  images, labels = split
   return [tf.TensorSpec([None, *images.shape[1:]], tf.float32),
           tf.TensorSpec([None], tf.as_dtype(labels.dtype))]
 
@@ -160,7 +162,7 @@ def make_gradients(model: tf_keras.Model, data: proxies.ProxyData):
   the training step and the finite-difference stability step share it."""
   variables = model.trainable_variables
 
-  @tf.function(autograph=False, input_signature=_gradient_signature(data))
+  @tf.function(autograph=False, input_signature=_batch_signature(data.train))
   def gradients(x, y):
     with tf.GradientTape() as tape:
       loss = _loss(model, x, y)
@@ -290,11 +292,9 @@ class ProxyTrainer:
       apply(grads)
       return loss
 
-    images, labels = getattr(data, config.eval_split)
-    # Any batch size (the last batch is smaller): traced once.
-    @tf.function(autograph=False, input_signature=[
-        tf.TensorSpec([None, *images.shape[1:]], tf.float32),
-        tf.TensorSpec([None], tf.as_dtype(labels.dtype))])
+    # (The last evaluation batch is smaller: one trace for any size.)
+    @tf.function(autograph=False, input_signature=_batch_signature(
+        getattr(data, config.eval_split)))
     def correct(x, y):
       logits = model(x, training=False)
       return (tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int32)),
