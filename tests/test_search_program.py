@@ -8,9 +8,14 @@ to the input and every weight, and the second derivatives the stability
 protocol differentiates.
 """
 
+import gc
+
 import numpy as np
 import pytest
 import tensorflow as tf
+# pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import func_graph
+# pylint: enable=g-direct-tensorflow-import
 
 from evonorm_layers.search import evolution
 from evonorm_layers.search import known_layers
@@ -209,5 +214,15 @@ def test_sessions_score_like_freshly_built_compiled_models():
     assert a["fitness"] == b["fitness"] and a["quality"] == b["quality"]
   # The first evaluation (hybrid) built the session; later ones reuse it.
   assert "setup" in hybrid["seconds"] and "setup" not in first["seconds"]
+  # Nothing compiled for a candidate outlives its evaluation (TensorFlow's
+  # gradient registry kept every compiled model's graphs alive).
+  def alive():
+    gc.collect()
+    return (evaluation.custom_gradient_names(), sum(
+        isinstance(o, func_graph.FuncGraph) for o in gc.get_objects()))
+  before = alive()
+  evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, sessions=sessions,
+                      path="hybrid")
+  assert alive() == before
   with pytest.raises(ValueError, match="Unknown evaluation path 'jit'"):
     evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, path="jit")
