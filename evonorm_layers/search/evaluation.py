@@ -52,6 +52,7 @@ from evonorm_layers.search import program
 from evonorm_layers.search import proxies
 from evonorm_layers.search.graph import LayerGraph
 from evonorm_layers.search.layer import SearchedNormActivation
+from evonorm_layers.search.layer import SharedTraces
 
 PROBE_SHAPE = (8, 4, 4, 16)
 # Where the stages run: see evaluate().
@@ -86,11 +87,16 @@ class Timer:
     return _Span()
 
 
-def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig):
+def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig,
+                 shared_traces: SharedTraces | None = None):
+  """Makes the candidate's layers; with ``shared_traces`` (one for all
+  anchors of an evaluation) they call functions traced once
+  (``layer.SharedTraces``)."""
   def make_norm(nonlinearity: bool = True):
     return SearchedNormActivation(graph, groups=config.groups,
                                   momentum=config.momentum,
-                                  nonlinearity=nonlinearity)
+                                  nonlinearity=nonlinearity,
+                                  shared_traces=shared_traces)
   return make_norm
 
 
@@ -460,19 +466,24 @@ class CompiledAnchor:
   setup_stages: dict = {}
 
   def __init__(self, anchor: str, config: proxies.ProxyConfig,
-               data: proxies.ProxyData, initial: list | None = None):
+               data: proxies.ProxyData, initial: list | None = None,
+               shared_traces: SharedTraces | None = None):
     """``initial``: the weights outside norm-activation layers to start
-    from (``AnchorSession.initial_outside_norm``), instead of seeding."""
+    from (``AnchorSession.initial_outside_norm``), instead of seeding.
+    ``shared_traces``: the candidate's traced layer functions, shared by
+    its anchors (``layer.SharedTraces``; by default the anchor's own)."""
     self.anchor, self.config, self.data = anchor, config, data
     self.initial = initial
+    self.shared_traces = shared_traces or SharedTraces()
     self.trainer = self.graph = self.initial_weights = None
 
   def _model(self, graph):
     if self.initial is None:
       tf_keras.backend.clear_session()
       tf_keras.utils.set_random_seed(self.config.seed)
-    model = proxies.build_model(self.anchor, norm_factory(graph, self.config),
-                                self.config, self.data.num_classes)
+    model = proxies.build_model(
+        self.anchor, norm_factory(graph, self.config, self.shared_traces),
+        self.config, self.data.num_classes)
     if self.initial is not None:
       # Seeding would clear TensorFlow's kernel cache, and every traced
       # function of the worker's sessions would be instantiated again
@@ -568,6 +579,7 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
                      f"{', '.join(PATHS)}.")
   sessions = {} if sessions is None else sessions
   fresh: dict[str, CompiledAnchor] = {}
+  traces = SharedTraces()  # the candidate's layer functions, all anchors
   # The models compiled for this candidate die with it; the sessions live on.
   registered_before, kept = custom_gradient_names(), set()
 
@@ -577,7 +589,8 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
         # (Without a stability test, no session: seeded like "compiled".)
         initial = (session(anchor, "stability").initial_outside_norm
                    if path == "hybrid" and config.stability_steps else None)
-        fresh[anchor] = CompiledAnchor(anchor, config, data, initial)
+        fresh[anchor] = CompiledAnchor(anchor, config, data, initial,
+                                       traces)
       return fresh[anchor]
     if anchor not in sessions:
       with timer("setup"):
