@@ -26,7 +26,10 @@ on ``AnchorSession``s (each anchor built with
 candidate only loads its graph into the layers' variables and resets the
 weights); the training of its survivors on models compiled for the
 candidate (``CompiledAnchor``), whose steps run about 3x faster than the
-interpreter's, from the session's initial weights. ``"sessions"`` and
+interpreter's, from the session's initial weights; their layers call one
+function per signature traced for all of the candidate's anchors
+(``layer.SharedTraces``), and what TensorFlow registered for them globally
+is dropped with them (:func:`forget_custom_gradients`). ``"sessions"`` and
 ``"compiled"`` run every stage one way.
 """
 
@@ -529,16 +532,23 @@ def custom_gradient_names() -> set[str]:
   anchor, 1066 to 1875 MiB) until :func:`forget_custom_gradients` dropped
   the names of models that are gone (then ~3 MiB per model).
   """
-  # pylint: disable=protected-access
-  return {name for name in tf_ops._gradient_registry._registry
+  return {name for name in _gradient_registry()
           if name.startswith("CustomGradient-")}
+
+
+def _gradient_registry() -> dict:
+  # (A private table of TensorFlow's; if a release moves it, nothing is
+  # forgotten and tests/test_search_program.py sees the graphs outlive
+  # their evaluation.)
+  registry = getattr(tf_ops, "_gradient_registry", None)
+  return getattr(registry, "_registry", {})
 
 
 def forget_custom_gradients(names) -> None:
   """Unregisters gradient functions (names from
   :func:`custom_gradient_names`) of graphs that will never be
   differentiated again: their models and traced functions are gone."""
-  registry = tf_ops._gradient_registry._registry  # pylint: disable=protected-access
+  registry = _gradient_registry()
   for name in names:
     registry.pop(name, None)
 
