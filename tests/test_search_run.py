@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,7 +76,12 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
                "figure6_progress.png", "pareto_front.png", "state.json"):
     assert os.path.getsize(os.path.join(output_dir, name)) > 0, name
   with open(os.path.join(output_dir, "report.md")) as f:
-    assert "Candidates evaluated: 8" in f.read()
+    text = f.read()
+  assert "Candidates evaluated: 8" in text
+  # Each record has its worker's memory; the report sums it up.
+  assert all(r["worker_rss_mib"] > 100 for r in records
+             if r.get("cached_from") is None), records
+  assert re.search(r"Workers' resident memory: at most \d+ MiB", text), text
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -152,7 +152,20 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
                                sessions=_WORKER_SESSIONS.setdefault(key, {}),
                                path=path)
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
+  record["worker_rss_mib"] = resident_mib()
   return record
+
+
+def resident_mib() -> float | None:
+  """This process's resident memory in MiB (Linux; None elsewhere)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return None
 
 
 class RayEvaluator:

@@ -61,8 +61,9 @@ class SharedTraces:
   signature (rank, channels) and training flag, never inlined, so it and
   its gradient are traced once for all of them, across models too. The
   search gives one to all anchors of a candidate. Python-bool ``training``
-  only (the others trace inline), and not with ``synchronized`` (the
-  batch moments are the replica's).
+  only (the others trace inline, as do sites without a nonlinearity, a few
+  ops each), and not with ``synchronized`` (the batch moments are the
+  replica's).
   """
 
   def __init__(self):
@@ -141,15 +142,15 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     if not self.nonlinearity:
       return self._series_normalization(x, training, affine)
     if self.shared_traces is not None and isinstance(training, bool):
-      y = self._shared_graph_output(x, training)
-    else:
-      y = self._graph_output(x, {name: self.channel_param(v)
-                                 for name, v in self.v.items()},
-                             lambda index, primitive, z: self.batch_or_moving(
-                                 training, lambda: self._batch_statistic(
-                                     index, primitive, z), (self._moving_key(
-                                         index, primitive),)))
-    return affine.apply(y)
+      return affine.apply(self._shared_graph_output(x, training))
+
+    def bwh_statistic(index, primitive, z):
+      return self.batch_or_moving(
+          training, lambda: self._batch_statistic(index, primitive, z),
+          (self._moving_key(index, primitive),))
+
+    v = {name: self.channel_param(w) for name, w in self.v.items()}
+    return affine.apply(self._graph_output(x, v, bwh_statistic))
 
   def _graph_output(self, x, v, bwh_statistic):
     """The graph's output before the affine. ``v``: ``v0``/``v1`` shaped to

@@ -193,6 +193,23 @@ def stage_table(costs: dict) -> list[str]:
   return lines
 
 
+def worker_memory_text(records) -> str | None:
+  """The workers' resident memory after each evaluation (records'
+  ``worker_rss_mib``), as one line: the largest, and how the worker that
+  reached it grew; None without measurements."""
+  by_worker: dict[str, list[float]] = {}
+  for r in records:
+    if r.get("worker_rss_mib") is not None and r.get("worker"):
+      by_worker.setdefault(r["worker"], []).append(r["worker_rss_mib"])
+  if not by_worker:
+    return None
+  worker, values = max(by_worker.items(), key=lambda item: max(item[1]))
+  return (f"Workers' resident memory: at most {max(values):.0f} MiB "
+          f"({len(by_worker)} worker processes; {worker}: {values[0]:.0f} "
+          f"MiB after its first evaluation, {values[-1]:.0f} MiB after its "
+          f"last, {len(values)} evaluations).")
+
+
 def _no_accepted_advice(records, reasons) -> list[str]:
   """What to do when no candidate passed the protocols."""
   examples = [f"- `{r['formula']}`: {rejection_text(r)}"
@@ -261,6 +278,9 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
       + _seconds(costs["setup"]) + ".", "",
       "Median seconds per stage:", "", *stage_table(costs), "",
   ]
+  memory = worker_memory_text(records)
+  if memory:
+    lines += [memory, ""]
   if not accepted_count:
     lines += _no_accepted_advice(records, reasons)
   if baselines:
