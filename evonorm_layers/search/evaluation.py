@@ -642,7 +642,6 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
     record.update(status="rejected", reason="nan",
                   rejection={"error": str(error).splitlines()[0][:200]})
   finally:
-    fresh.clear()
     forget_custom_gradients(custom_gradient_names() - registered_before -
                             kept)
   # A candidate's cost: what it ran, not the one-off setup of a session.

@@ -204,8 +204,9 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     """:meth:`_graph_output` through the function traced for every layer of
     the same ``shared_traces`` with this graph and signature; the moving
     statistics are updated here, from the batch moments it returns."""
-    key = (self.graph.fingerprint(), self.layout, self.resolved_groups,
-           self.epsilon, training, tuple(self.v), self.moving_statistics)
+    # (The canonical graph also fixes ``v`` and the moving statistics.)
+    key = (self.graph, self.layout, self.resolved_groups, self.epsilon,
+           training)
     run = self.shared_traces.get(key, lambda: self._trace_graph_output(
         training))
     v = tuple(self.v[name] for name in self.v)
