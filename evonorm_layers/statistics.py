@@ -96,15 +96,21 @@ def group_moments(mean: tf.Tensor, var: tf.Tensor, layout: TensorLayout,
 
   Args:
     mean, var: instance moments from :func:`instance_moments`.
-    layout: the input's layout.
+    layout: the input's layout (its ``channels`` may be -1: unknown until
+      run, as in a function traced for any channel count).
     groups: number of contiguous channel groups (must divide ``C``).
 
   Returns:
     Group mean and variance, broadcast back to one value per (sample,
-    channel), with shape ``layout.stat_shape``.
+    channel), with shape ``layout.stat_shape`` (``mean``'s when the
+    channels are unknown).
   """
-  channels = layout.channels
-  grouped = [-1, groups, channels // groups]
+  if layout.channels < 0:
+    grouped = tf.stack([tf.shape(mean)[0], groups, -1])
+    stat_shape = tf.shape(mean)
+  else:
+    grouped = [-1, groups, layout.channels // groups]
+    stat_shape = layout.stat_shape
   m = tf.reshape(mean, grouped)
   v = tf.reshape(var, grouped)
   group_mean = tf.reduce_mean(m, axis=2, keepdims=True)
@@ -114,7 +120,7 @@ def group_moments(mean: tf.Tensor, var: tf.Tensor, layout: TensorLayout,
   full = tf.shape(m)
 
   def per_channel(t):
-    return tf.reshape(tf.broadcast_to(t, full), layout.stat_shape)
+    return tf.reshape(tf.broadcast_to(t, full), stat_shape)
 
   return per_channel(group_mean), per_channel(group_var)
 

@@ -271,38 +271,50 @@ def stability_test(model: tf_keras.Model, data: proxies.ProxyData,
   return {"steps": config.stability_steps, "max_grad_norm": largest}
 
 
+# The proxy's SGD momentum (the velocity's decay per step).
+MOMENTUM = 0.9
+
+
+@tf.function(autograph=False)
+def _momentum_step(variables, velocities, grads, learning_rate):
+  """``velocity = MOMENTUM * velocity - learning_rate * grad; variable +=
+  velocity`` (tf_keras' SGD with momentum, not Nesterov).
+
+  Module-level, with the variables as arguments: traced once per process
+  for each list of weight shapes, so every candidate's model of one anchor
+  reuses one trace (tf_keras' optimizer traced its update for each model,
+  ~0.5 s).
+  """
+  for variable, velocity, grad in zip(variables, velocities, grads):
+    velocity.assign(MOMENTUM * velocity - learning_rate * grad)
+    variable.assign_add(velocity)
+
+
+def cosine_learning_rate(config: proxies.ProxyConfig, step: int) -> float:
+  """Cosine decay from ``config.learning_rate`` to 0 over
+  ``config.train_steps`` (tf_keras' ``CosineDecay``)."""
+  done = min(step, config.train_steps) / config.train_steps
+  return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 class ProxyTrainer:
   """SGD with momentum and cosine decay over ``config.train_steps``, with
-  the training step and the evaluation compiled once per model;
-  :meth:`reset` starts a new run on the same traced functions."""
+  the gradient and the evaluation traced once per model (the update once
+  per process, see :func:`_momentum_step`); :meth:`reset` starts a new run
+  on the same traced functions."""
 
   def __init__(self, model, data: proxies.ProxyData,
                config: proxies.ProxyConfig):
     self.model, self.data, self.config = model, data, config
     self.steps_done = 0
-    schedule = tf_keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, config.train_steps)
-    self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9)
-    # Its slots now, not in the first step: a tf.function that creates
-    # variables is traced twice.
-    self.optimizer.build(model.trainable_variables)
+    self.velocities = [tf.Variable(tf.zeros_like(v), trainable=False)
+                       for v in model.trainable_variables]
     self.iterator = proxies.batches(data.train, config.batch_size,
                                     config.seed)
 
     # (No AutoGraph: the layers have no data-dependent Python control flow,
     # and converting them costs a third of the tracing.)
     self.gradients = make_gradients(model, data)
-
-    @tf.function(autograph=False)
-    def apply(grads):
-      self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-
-    def step(x, y):
-      # Two calls, not one traced step calling the gradients: that would be
-      # instantiated with their graph inlined (0.7 s per model).
-      loss, grads = self.gradients(x, y)
-      apply(grads)
-      return loss
 
     # (The last evaluation batch is smaller: one trace for any size.)
     @tf.function(autograph=False, input_signature=_batch_signature(
@@ -312,13 +324,23 @@ class ProxyTrainer:
       return (tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int32)),
               tf.reduce_all(tf.math.is_finite(logits)))
 
-    self._step, self._correct = step, correct
+    self._correct = correct
+
+  def _step(self, x, y):
+    # Two calls, not one traced step calling the gradients: that would be
+    # instantiated with their graph inlined (0.7 s per model).
+    loss, grads = self.gradients(x, y)
+    _momentum_step(self.model.trainable_variables, self.velocities, grads,
+                   tf.constant(cosine_learning_rate(self.config,
+                                                    self.steps_done),
+                               tf.float32))
+    return loss
 
   def reset(self):
-    """Step 0 again: the optimizer's state zeroed and the data restarted
-    (the model's weights are the caller's)."""
-    for variable in self.optimizer.variables():
-      variable.assign(tf.zeros_like(variable))
+    """Step 0 again: the velocities zeroed and the data restarted (the
+    model's weights are the caller's)."""
+    for velocity in self.velocities:
+      velocity.assign(tf.zeros_like(velocity))
     # The same batches in the same order for every run.
     self.iterator = proxies.batches(self.data.train, self.config.batch_size,
                                     self.config.seed)

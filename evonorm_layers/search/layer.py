@@ -57,9 +57,10 @@ class SharedTraces:
   gradients, into the model's training step: most of the time it takes to
   trace a small model's step (measured on the laptop proxies: 1.6-2.0 s of
   about 2 s, against 0.4 s with Keras's BatchNormalization). Layers that
-  share one of these call a function traced once per graph, input
-  signature (rank, channels) and training flag, never inlined, so it and
-  its gradient are traced once for all of them, across models too. The
+  share one of these call a function traced once per graph, input rank
+  and channel axis (any channel count), groups and training flag, never
+  inlined, so it and its gradient are traced once for all of them, across
+  models too. The
   search gives one to all anchors of a candidate. Python-bool ``training``
   only (the others trace inline, as do sites without a nonlinearity, a few
   ops each), and not with ``synchronized`` (the batch moments are the
@@ -150,51 +151,79 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
           (self._moving_key(index, primitive),))
 
     v = {name: self.channel_param(w) for name, w in self.v.items()}
-    return affine.apply(self._graph_output(x, v, bwh_statistic))
+    return affine.apply(self._graph_output(
+        x, v, bwh_statistic, self.layout, self.resolved_groups))
 
-  def _graph_output(self, x, v, bwh_statistic):
+  def _graph_output(self, x, v, bwh_statistic, layout, groups):
     """The graph's output before the affine. ``v``: ``v0``/``v1`` shaped to
     broadcast; ``bwh_statistic(index, primitive, z)``: the moment a batch
-    aggregation node uses (the batch's in training, else the moving one)."""
-    values = {0: x}
+    aggregation node uses (the batch's in training, else the moving one);
+    ``layout`` and ``groups``: of ``x`` (its channels may be unknown, -1).
+
+    Every value broadcasts against ``x`` (parameters and statistics have
+    size-1 axes), so an elementwise op with an input of ``x``'s shape has
+    that shape: only the others are broadcast (each ``BroadcastTo`` costs
+    a shape reduction in the backward pass; a third of EvoNorm-B0's)."""
+    values, full = {0: x}, {0}  # full: nodes known to have x's shape
     for i, name in enumerate(graph_lib.INITIAL_NODES[1:], start=1):
       if name == "zero":
         values[i] = tf.zeros((), x.dtype)
       elif name in v:
         values[i] = v[name]
+
+    def as_full(j):
+      return values[j] if j in full else tf.broadcast_to(values[j],
+                                                          tf.shape(x))
+
     for index in range(len(graph_lib.INITIAL_NODES), self.graph.output + 1):
       node = self.graph.node(index)
       primitive = primitives.get(node.op)
       inputs = [values[j] for j in node.inputs]
       if not primitive.is_aggregation:
         values[index] = primitive.fn(*inputs, self.epsilon)
+        if full.intersection(node.inputs):
+          full.add(index)
         continue
-      z = tf.broadcast_to(inputs[0], tf.shape(x))
+      z = as_full(node.inputs[0])
       if primitive.index_set == "bwh":
         value = bwh_statistic(index, primitive, z)[
             self._moving_key(index, primitive)]
         values[index] = value if primitive.moment == "mean" else tf.sqrt(
             value + self.epsilon)
       else:
-        values[index] = self._instance_aggregate(primitive, z)
-    return tf.broadcast_to(values[self.graph.output], tf.shape(x))
+        values[index] = self._instance_aggregate(primitive, z, layout,
+                                                 groups)
+    return as_full(self.graph.output)
 
   @staticmethod
   def _moving_key(index, primitive):
     return f"node{index}_{_MOVING_OF_MOMENT[primitive.moment]}"
 
-  def _batch_statistic(self, index, primitive, z):
-    """``({moving key: batch moment}, sample count)`` of a ``bwh`` node."""
-    mean, var, count = self.batch_moments(z)
+  def _batch_statistic(self, index, primitive, z, layout=None):
+    """``({moving key: batch moment}, sample count)`` of a ``bwh`` node
+    (``layout``: of ``z``, by default the layer's).
+
+    On one replica, the moments over the batch axes at once (a third of
+    the ops, forward and backward, of combining per-sample moments, which
+    a cross-replica reduction needs). An empty batch then has NaN moments
+    where ``stats_lib.batch_moments`` gives 0, harmlessly: its outputs are
+    empty, and the moving statistics ignore a batch without samples."""
+    layout = layout or self.layout
+    if self.cross_replica():
+      mean, var, count = stats_lib.batch_moments(
+          *stats_lib.instance_moments(z, layout), synchronized=True)
+    else:
+      mean, var = stats_lib.moments(z, layout.batch_axes)
+      count = tf.cast(tf.shape(z)[0], tf.float32)
     return {self._moving_key(index, primitive): {
         "mean": mean, "rms": var + tf.square(mean),
         "std": var}[primitive.moment]}, count
 
-  def _instance_aggregate(self, primitive, z):
-    mean, var = stats_lib.instance_moments(z, self.layout)
+  def _instance_aggregate(self, primitive, z, layout, groups):
+    mean, var = stats_lib.instance_moments(z, layout)
     if primitive.index_set != "wh":
-      groups = 1 if primitive.index_set == "whc" else self.resolved_groups
-      mean, var = stats_lib.group_moments(mean, var, self.layout, groups)
+      mean, var = stats_lib.group_moments(
+          mean, var, layout, 1 if primitive.index_set == "whc" else groups)
     if primitive.moment == "mean":
       return mean
     second = var if primitive.moment == "std" else var + tf.square(mean)
@@ -202,28 +231,33 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
 
   def _shared_graph_output(self, x, training):
     """:meth:`_graph_output` through the function traced for every layer of
-    the same ``shared_traces`` with this graph and signature; the moving
-    statistics are updated here, from the batch moments it returns."""
+    the same ``shared_traces`` with this graph, input rank and channel axis
+    (any channel count), groups (if the graph groups channels) and training
+    flag; the moving statistics are updated here, from the batch moments it
+    returns."""
     # (The canonical graph also fixes ``v`` and the moving statistics.)
-    key = (self.graph, self.layout, self.resolved_groups, self.epsilon,
-           training)
+    groups = self.resolved_groups if self.uses_groups else None
+    key = (self.graph, self.layout.rank, self.layout.channel_axis, groups,
+           self.epsilon, training)
     run = self.shared_traces.get(key, lambda: self._trace_graph_output(
-        training))
+        groups, training))
     v = tuple(self.v[name] for name in self.v)
     moving = tuple(self.moving[name] for name in self.moving_statistics)
     y, batch, count = run(x, v, moving)
+    if not tf.executing_eagerly():
+      y.set_shape(x.shape)  # (the function's channels are unknown)
     if training and batch:
       self.update_moving(dict(zip(self.moving_statistics, batch)), count)
     return y
 
-  def _trace_graph_output(self, training):
+  def _trace_graph_output(self, groups, training):
     """``(x, v, moving) -> (y, batch moments, count)`` for layers like this
-    one (it reads only the graph, layout, groups and epsilon, which are in
-    the cache key); never inlined, so that it is traced and differentiated
+    one, of any channel count (it reads only the graph, rank, channel axis
+    and epsilon, which are in the cache key with ``groups`` and
+    ``training``); never inlined, so that it is traced and differentiated
     once, whichever layer calls it."""
-    channels = [self.layout.channels]
-    spec = [None] * self.layout.rank
-    spec[self.layout.channel_axis] = self.layout.channels
+    layout = layout_lib.TensorLayout(self.layout.rank,
+                                     self.layout.channel_axis, channels=-1)
     names = tuple(self.v)
 
     def run(x, v, moving):
@@ -234,20 +268,21 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
         key = self._moving_key(index, primitive)
         if not training:
           return {key: tf.reshape(moving[self.moving_statistics.index(key)],
-                                  (1,) + self.layout.param_shape)}
-        value, count = self._batch_statistic(index, primitive, z)
+                                  (1,) + layout.param_shape)}
+        value, count = self._batch_statistic(index, primitive, z, layout)
         batch.update(value)
         return value
 
-      y = self._graph_output(x, {name: self.channel_param(w)
-                                 for name, w in zip(names, v)}, statistic)
+      v = {name: tf.reshape(w, layout.param_shape)
+           for name, w in zip(names, v)}
+      y = self._graph_output(x, v, statistic, layout, groups)
       return y, tuple(batch[name] for name in self.moving_statistics
                       if training), count
 
     return tf.function(run, autograph=False, input_signature=[
-        tf.TensorSpec(spec, tf.float32),
-        tuple(tf.TensorSpec(channels, tf.float32) for _ in names),
-        tuple(tf.TensorSpec(channels, tf.float32)
+        tf.TensorSpec([None] * layout.rank, tf.float32),
+        tuple(tf.TensorSpec([None], tf.float32) for _ in names),
+        tuple(tf.TensorSpec([None], tf.float32)
               for _ in self.moving_statistics)],
                        experimental_attributes={"_noinline": True})
 
