@@ -6,8 +6,9 @@ worker) as random search with rejection over ``--random_layers`` random
 layers, then evaluates the paper's layers (``--reference_layers``, which
 pass the protocols) through the same workers to measure the cost of a full
 evaluation on this machine; once per evaluation path (``--paths``,
-``evaluation.PATHS``): ``hybrid`` (the search's default: the stability test
-on anchors traced once per worker, survivors trained compiled), ``sessions``
+``evaluation.PATHS``): ``hybrid`` (the search's default: the first anchor's
+stability test on an anchor traced once per worker, the rest compiled for
+the candidate), ``sessions``
 (every stage on the traced anchors, candidates interpreted) and
 ``compiled`` (a model built and traced per candidate: the way before), side
 by side. Prints, per path:
@@ -69,8 +70,8 @@ _PATHS = flags.DEFINE_list(
     "paths", list(evaluation.PATHS), "Where candidates' stages run "
     "(evaluation.PATHS): 'sessions' (anchors built and traced once per "
     "worker, graphs interpreted), 'compiled' (a model built and traced per "
-    "candidate, the way before) and 'hybrid' (stability on sessions, "
-    "training compiled); the same random layers for each.")
+    "candidate, the way before) and 'hybrid' (the first anchor's stability "
+    "test on sessions, the rest compiled); the same random layers for each.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Keep the searches' logs here (default: a temporary "
     "directory).")

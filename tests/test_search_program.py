@@ -10,6 +10,7 @@ function for every layer of a graph, the search's compiled models) compute
 what it computes inline.
 """
 
+import dataclasses
 import functools
 import gc
 
@@ -262,8 +263,8 @@ def test_sessions_score_like_freshly_built_compiled_models():
   """A candidate evaluated on a reused anchor session (reset weights,
   optimizer and data) scores what a freshly built compiled model scores,
   and the same again when evaluated a second time; the hybrid path takes
-  its stability record from the session and its accuracies from the
-  compiled model."""
+  its first anchor's stability record from the session, the other
+  anchors' and every accuracy from the compiled models."""
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
   config = proxies.ProxyConfig(
@@ -303,6 +304,20 @@ def test_sessions_score_like_freshly_built_compiled_models():
     assert a["fitness"] == b["fitness"] and a["quality"] == b["quality"]
   # The first evaluation (hybrid) built the session; later ones reuse it.
   assert "setup" in hybrid["seconds"] and "setup" not in first["seconds"]
+  # With two anchors, the hybrid path tests the second one's stability on
+  # its compiled model: the same record as the compiled path's.
+  second = evaluation.evaluate(
+      GRAPHS["evonorm_b0"], dataclasses.replace(
+          config, anchors=("mobilenet", "resnet")), data, sessions=sessions,
+      path="hybrid")
+  assert second["status"] == "accepted" and list(second["stability"]) == [
+      "mobilenet", "resnet"]
+  np.testing.assert_allclose(
+      second["stability"]["resnet"]["max_grad_norm"],
+      fresh["stability"]["resnet"]["max_grad_norm"], rtol=1e-3)
+  for key in ("quality", "fitness"):
+    np.testing.assert_allclose(second[key]["resnet"], fresh[key]["resnet"],
+                               atol=0.03)
   # Nothing compiled for a candidate outlives its evaluation (TensorFlow's
   # gradient registry kept every compiled model's graphs alive).
   def alive():

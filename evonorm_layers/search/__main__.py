@@ -82,9 +82,10 @@ flags.DEFINE_float("max_minutes", None, "Stop proposing candidates after "
                    "goes on.", lower_bound=0)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_enum("evaluation_path", "hybrid", evaluation.PATHS,
-                  "Where a candidate's stages run: 'hybrid' (stability test "
-                  "on anchors traced once per worker, survivors trained on "
-                  "models compiled for them), 'sessions' (everything on the "
+                  "Where a candidate's stages run: 'hybrid' (the first "
+                  "anchor's stability test on an anchor traced once per "
+                  "worker, the rest on models compiled for the candidate), "
+                  "'sessions' (everything on the "
                   "traced anchors) or 'compiled' (everything compiled per "
                   "candidate). Same scores; see bench/search_throughput.py.")
 proxy_flags.define()

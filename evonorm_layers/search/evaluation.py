@@ -1,7 +1,7 @@
 """Scoring one candidate: the rejection protocols, then proxy training.
 
-In order, each step cheaper than the next, a candidate is rejected at the
-first failure (Section 4.2 of the paper):
+Each step cheaper than the next, a candidate is rejected at the first
+failure (Section 4.2 of the paper):
 
 1. **probe**: the compiled layer on a fixed random batch; Inf/NaN rejects.
    Its outputs, rounded, are the candidate's functional fingerprint: two
@@ -16,21 +16,27 @@ first failure (Section 4.2 of the paper):
 4. **training**: the survivors train on to ``train_steps``; their validation
    accuracy per anchor is the fitness.
 
-A candidate that produces Inf or NaN anywhere is rejected and recorded, never
-a crash; every step's wall time is recorded.
+Stability and quality run anchor by anchor (the first anchor's stability
+and quality tests, then the second's, ...): of the candidates a laptop
+search tested for stability, 95% of the unstable ones failed on the first
+anchor, and a candidate that fails the quality test there is not tested
+further. A candidate that produces Inf or NaN anywhere is rejected and
+recorded, never a crash; every step's wall time is recorded.
 
 Where the stages run (``PATHS``; ``bench/search_throughput.py`` measures
-each): the stability test, which most candidates fail within a step or two,
-on ``AnchorSession``s (each anchor built with
+each): the first anchor's stability test, which most candidates fail within
+a few steps, on an ``AnchorSession`` (each anchor built with
 ``program.ProgramNormActivation`` and its steps traced once per worker; a
 candidate only loads its graph into the layers' variables and resets the
-weights); the training of its survivors on models compiled for the
-candidate (``CompiledAnchor``), whose steps run about 3x faster than the
-interpreter's, from the session's initial weights; their layers call one
-function per signature traced for all of the candidate's anchors
-(``layer.SharedTraces``), and what TensorFlow registered for them globally
-is dropped with them (:func:`forget_custom_gradients`). ``"sessions"`` and
-``"compiled"`` run every stage one way.
+weights); everything after it on models compiled for the candidate
+(``CompiledAnchor``), whose steps run about 3x faster than the
+interpreter's, from the sessions' initial weights: the other anchors'
+stability tests run there too, on the gradient their training then reuses.
+Their layers call one function per graph and signature traced for all of
+the candidate's anchors (``layer.SharedTraces``), and what TensorFlow
+registered for them globally is dropped with them
+(:func:`forget_custom_gradients`). ``"sessions"`` and ``"compiled"`` run
+every stage one way.
 """
 
 from __future__ import annotations
@@ -184,59 +190,63 @@ def make_gradients(model: tf_keras.Model, data: proxies.ProxyData):
   return gradients
 
 
+@tf.function(autograph=False)
+def _offset(variables, h, grads):
+  """``variable += h * grad`` (module-level, variables as arguments: traced
+  once per process and weight shapes, not per model)."""
+  for variable, grad in zip(variables, grads):
+    variable.assign_add(h * grad)
+
+
+@tf.function(autograph=False)
+def _move_along(variables, directions, step_size):
+  """Each variable moves by ``step_size`` times its norm along its
+  (normalized) part of the ascent direction; traced like :func:`_offset`."""
+  for variable, direction in zip(variables, directions):
+    if direction is not None:
+      step = step_size * (tf.norm(variable) + 1e-3)
+      variable.assign_add(step * tf.math.divide_no_nan(
+          direction, tf.norm(direction)))
+
+
 def make_ascent_step(model: tf_keras.Model, data: proxies.ProxyData,
                      config: proxies.ProxyConfig, gradients=None):
-  """The stability protocol's step, traced once for ``model``: one step of
-  gradient ascent on the weights towards a larger ``||g||``, ``g =
-  dL/dtheta`` (each variable moves by ``stability_step_size`` times its norm
-  along its part of ``d||g||/dtheta = H g / ||g||``); returns ``||g||``
-  before the step.
+  """The stability protocol's step for ``model``: one step of gradient
+  ascent on the weights towards a larger ``||g||``, ``g = dL/dtheta`` (each
+  variable moves by ``stability_step_size`` times its norm along its part
+  of ``d||g||/dtheta = H g / ||g||``); returns ``||g||`` before the step.
 
   ``config.stability_direction`` says how ``H g`` is computed: ``"exact"``
-  differentiates ``||g||`` (a second-order graph, the paper's definition);
-  ``"finite_difference"`` takes ``g(theta + h g) - g(theta)`` from two
-  first-order gradients (``gradients``, from :func:`make_gradients`; the
-  training step's), with ``h`` moving the weights by ``DIFFERENCE_STEP`` of
-  their norm: nothing second-order to trace, and each step costs two
-  gradients instead of a second-order pass.
+  differentiates ``||g||`` (a second-order graph traced for the model, the
+  paper's definition); ``"finite_difference"`` takes ``g(theta + h g) -
+  g(theta)`` from two first-order gradients (``gradients``, from
+  :func:`make_gradients`; the training step's), with ``h`` moving the
+  weights by ``DIFFERENCE_STEP`` of their norm: nothing to trace for the
+  model beyond its training gradient, and each step costs two gradients
+  instead of a second-order pass.
   """
   x, y = map(tf.constant, next(proxies.batches(
       data.train, config.stability_batch, config.seed)))
   variables = model.trainable_variables
-
-  def move(directions):
-    for variable, direction in zip(variables, directions):
-      if direction is not None:
-        step = config.stability_step_size * (tf.norm(variable) + 1e-3)
-        variable.assign_add(step * tf.math.divide_no_nan(
-            direction, tf.norm(direction)))
+  step_size = tf.constant(config.stability_step_size, tf.float32)
 
   if config.stability_direction == "finite_difference":
     gradients = gradients or make_gradients(model, data)
 
     # The gradients are called from Python, not from a traced step: one
     # traced function calling them twice was instantiated with their graph
-    # inlined (first call 1.3-1.8 s per compiled model, measured; these two
-    # small functions and the first steps: 0.5-0.9 s).
-    @tf.function(autograph=False)
-    def offset(h, grads):
-      for variable, grad in zip(variables, grads):
-        variable.assign_add(h * grad)
-
-    @tf.function(autograph=False)
-    def move_by_difference(shifted, grads):
-      move([a - b for a, b in zip(shifted, grads)])
-
+    # inlined (first call 1.3-1.8 s per compiled model, measured).
     def ascend_by_difference():
       _, grads = gradients(x, y)
       norm = tf.linalg.global_norm(grads)
       h = DIFFERENCE_STEP * tf.linalg.global_norm(variables) / norm
       if not math.isfinite(float(h)):
         return norm
-      offset(h, grads)
+      _offset(variables, h, grads)
       _, shifted = gradients(x, y)
-      offset(-h, grads)
-      move_by_difference(shifted, grads)
+      _offset(variables, -h, grads)
+      _move_along(variables, [a - b for a, b in zip(shifted, grads)],
+                  step_size)
       return norm
 
     return ascend_by_difference
@@ -248,7 +258,7 @@ def make_ascent_step(model: tf_keras.Model, data: proxies.ProxyData,
         loss = _loss(model, x, y)
       grads = [g for g in inner.gradient(loss, variables) if g is not None]
       norm = tf.linalg.global_norm(grads)
-    move(outer.gradient(norm, variables))
+    _move_along(variables, outer.gradient(norm, variables), step_size)
     return norm
 
   return ascend
@@ -589,10 +599,10 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   ``path`` (one of ``PATHS``) says where each stage runs: ``"sessions"``
   runs all of them on ``AnchorSession``s; ``"compiled"`` on models built
   and traced for this candidate (``CompiledAnchor``, the way before
-  sessions); ``"hybrid"`` (the default) runs the stability test, which most
-  candidates fail within a step or two, on sessions, and trains the
-  survivors on compiled models, whose steps run three times faster than
-  the interpreter's. ``sessions`` (anchor -> ``AnchorSession``) are reused
+  sessions); ``"hybrid"`` (the default) runs the first anchor's stability
+  test, which most candidates fail within a few steps, on its session, and
+  the rest on compiled models, whose steps run three times faster than the
+  interpreter's. ``sessions`` (anchor -> ``AnchorSession``) are reused
   across calls: pass the same dict to evaluate many candidates; missing
   anchors are built and traced into it, and that time is recorded as the
   stage ``setup``.
@@ -615,15 +625,26 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
   # The models compiled for this candidate die with it; the sessions live on.
   registered_before, kept = custom_gradient_names(), set()
 
-  def session(anchor, stage):
-    if path == "compiled" or (path == "hybrid" and stage != "stability"):
+  def on_session(anchor, stage):
+    if path == "hybrid":
+      return stage == "stability" and anchor == config.anchors[0]
+    return path == "sessions"
+
+  def runner(anchor, stage):
+    """Where ``stage`` runs for ``anchor``: its session or its model
+    compiled for the candidate (built on first use)."""
+    if not on_session(anchor, stage):
       if anchor not in fresh:
-        # (Without a stability test, no session: seeded like "compiled".)
-        initial = (session(anchor, "stability").initial_outside_norm
+        # Hybrid: from the session's initial weights (without a stability
+        # test, no sessions: seeded like "compiled").
+        initial = (session(anchor).initial_outside_norm
                    if path == "hybrid" and config.stability_steps else None)
         fresh[anchor] = CompiledAnchor(anchor, config, data, initial,
                                        traces)
       return fresh[anchor]
+    return session(anchor)
+
+  def session(anchor):
     if anchor not in sessions:
       with timer("setup"):
         before = custom_gradient_names()
@@ -636,21 +657,22 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
       record["probe"] = probe(graph)
     if record["probe"] in known_probes:
       return {"status": "cached", "probe": record["probe"]}
-    for anchor in (config.anchors if config.stability_steps else ()):
-      runner = session(anchor, "stability")
-      with timer("stability"):
-        record["stability"][anchor] = runner.stability(graph)
+    # Anchor by anchor, the stability test, then the quality test.
     for anchor in config.anchors:
-      runner = session(anchor, "quality")
+      if config.stability_steps:
+        run = runner(anchor, "stability")
+        with timer("stability"):
+          record["stability"][anchor] = run.stability(graph)
+      run = runner(anchor, "quality")
       with timer("quality"):
-        runner.start(graph)
-        runner.trainer.train_until(config.quality_steps)
+        run.start(graph)
+        run.trainer.train_until(config.quality_steps)
       with timer("evaluation"):
-        accuracy = record["quality"][anchor] = runner.trainer.accuracy()
+        accuracy = record["quality"][anchor] = run.trainer.accuracy()
       if accuracy < config.quality_threshold:
         raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
     for anchor in config.anchors:
-      trainer = session(anchor, "training").trainer
+      trainer = runner(anchor, "training").trainer
       with timer("training"):
         trainer.train_until(config.train_steps)
       with timer("evaluation"):
