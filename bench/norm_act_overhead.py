@@ -67,6 +67,9 @@ KERAS_REFERENCE = "keras_bn_relu"
 MODELS = {
     "resnet_v2_50": backbones.Backbone(
         type="resnet_v2", resnet_v2=backbones.ResNetV2(model_id=50)),
+    # (Basic blocks: the test suite's quick run of this script.)
+    "resnet_v2_18": backbones.Backbone(
+        type="resnet_v2", resnet_v2=backbones.ResNetV2(model_id=18)),
     "mg_resnet50": backbones.Backbone(
         type="evonorm_resnet",
         evonorm_resnet=mg_backbones.ResNet(model_id=50)),

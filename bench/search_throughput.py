@@ -118,6 +118,11 @@ def summarize(random_records, reference_records, wall_seconds, workers):
       "candidates_per_core_hour_evaluation":
           len(fresh) * 3600 / evaluation_seconds,
       "rejected_median_s": _median([r["seconds"]["total"] for r in rejected]),
+      # The target: a candidate that reaches the stability test and
+      # fails it (most rejected candidates fail at the probe, for free).
+      "stability_rejected_median_s": _median([
+          r["seconds"]["total"] for r in rejected
+          if r["reason"] == "stability"]),
       "full_evaluation_median_s": full_cost,
       "full_evaluations": len(full),
       "rejected_over_full": _median([r["seconds"]["total"]
@@ -203,6 +208,8 @@ def main(argv):
       ("candidates per core-hour (summed evaluation time)",
        "candidates_per_core_hour_evaluation", "{:.0f}"),
       ("median rejected candidate (s)", "rejected_median_s", "{:.2f}"),
+      ("median candidate rejected by the stability test (s)",
+       "stability_rejected_median_s", "{:.2f}"),
       ("median full evaluation (s)", "full_evaluation_median_s", "{:.1f}"),
       ("rejected / full (median cost)", "rejected_over_full", "{:.4f}"),
       ("search speed-up from rejection", "search_speedup_from_rejection",
