@@ -60,11 +60,10 @@ class SharedTraces:
   share one of these call a function traced once per graph, input rank
   and channel axis (any channel count), groups and training flag, never
   inlined, so it and its gradient are traced once for all of them, across
-  models too. The
-  search gives one to all anchors of a candidate. Python-bool ``training``
-  only (the others trace inline, as do sites without a nonlinearity, a few
-  ops each), and not with ``synchronized`` (the batch moments are the
-  replica's).
+  models too. The search gives one to all anchors of a candidate.
+  Python-bool ``training`` only (the others trace inline, as do sites
+  without a nonlinearity, a few ops each), and not with ``synchronized``
+  (the batch moments are the replica's).
   """
 
   def __init__(self):
@@ -162,8 +161,8 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
 
     Every value broadcasts against ``x`` (parameters and statistics have
     size-1 axes), so an elementwise op with an input of ``x``'s shape has
-    that shape: only the others are broadcast (each ``BroadcastTo`` costs
-    a shape reduction in the backward pass; a third of EvoNorm-B0's)."""
+    that shape: only the others are broadcast (each ``BroadcastTo`` adds a
+    shape reduction to the backward pass)."""
     values, full = {0: x}, {0}  # full: nodes known to have x's shape
     for i, name in enumerate(graph_lib.INITIAL_NODES[1:], start=1):
       if name == "zero":
