@@ -32,6 +32,7 @@ import tensorflow as tf
 from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
 from evonorm_layers import layout as layout_lib
+from evonorm_layers import statistics as stats_lib
 from evonorm_layers.search import graph as graph_lib
 from evonorm_layers.search import primitives
 
@@ -81,18 +82,6 @@ def _moments(z, axes):
                               keepdims=True)
 
 
-def _group_moments(mean, var, groups):
-  """Moments over the instance axes and ``groups`` contiguous channel
-  groups, from the per-(sample, channel) ones (law of total variance)."""
-  shape = tf.shape(mean)
-  grouped = tf.stack([shape[0], groups, shape[-1] // groups])
-  m, v = tf.reshape(mean, grouped), tf.reshape(var, grouped)
-  group_mean, group_var = _moments(m, [2])
-  group_var += tf.reduce_mean(v, 2, keepdims=True)
-  return (tf.reshape(tf.broadcast_to(group_mean, grouped), shape),
-          tf.reshape(tf.broadcast_to(group_var, grouped), shape))
-
-
 @functools.lru_cache(maxsize=None)
 def interpreter(rank: int, training: bool, epsilon: float,
                 eager: bool = False):
@@ -114,6 +103,8 @@ def interpreter(rank: int, training: bool, epsilon: float,
   second order failed when later differentiated twice inside a graph.
   """
   instance = list(range(1, rank - 1))
+  # Channels-last, any channel count (the groups are a tensor, too).
+  any_channels = layout_lib.TensorLayout(rank, rank - 1, channels=-1)
   capacity = graph_lib.MAX_INTERMEDIATE_NODES
   spec = tf.TensorSpec
 
@@ -130,8 +121,10 @@ def interpreter(rank: int, training: bool, epsilon: float,
     def aggregate(row, code, z):
       mean, var = _moments(z, instance)
       stat_shape = tf.shape(mean)
-      by_set = {"wh": (mean, var), "whc": _group_moments(mean, var, 1),
-                "whc/g": _group_moments(mean, var, groups)}
+      by_set = {"wh": (mean, var),
+                "whc": stats_lib.group_moments(mean, var, any_channels, 1),
+                "whc/g": stats_lib.group_moments(mean, var, any_channels,
+                                                 groups)}
       if training:
         batch_mean, batch_var = _moments(mean, [0])
         batch_var += tf.reduce_mean(var, 0, keepdims=True)
@@ -275,7 +268,8 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
     variance otherwise (as ``SearchedNormActivation``), selected by value;
     plain moments, so that second derivatives go through."""
     mean, var = _moments(x, self.layout.instance_axes)
-    group_var = _group_moments(mean, var, self.resolved_groups)[1]
+    group_var = stats_lib.group_moments(mean, var, self.layout,
+                                        self.resolved_groups)[1]
     moving = self.channel_param(self.moving["variance"])[None]
     if training:
       batch_mean, batch_var = _moments(mean, [0])
