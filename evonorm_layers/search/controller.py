@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 
 from evonorm_layers.search import evolution
 from evonorm_layers.search import proxies
@@ -156,16 +157,9 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
   return record
 
 
-def resident_mib() -> float | None:
-  """This process's resident memory in MiB (Linux; None elsewhere)."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmRSS:"):
-          return int(line.split()[1]) / 1024
-  except OSError:
-    pass
-  return None
+def resident_mib() -> float:
+  """This process's resident memory in MiB."""
+  return psutil.Process().memory_info().rss / 2**20
 
 
 class RayEvaluator:
