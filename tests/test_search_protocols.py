@@ -81,6 +81,36 @@ def test_finite_difference_ascent_follows_the_exact_direction(data):
   assert np.median(cosines) > 0.999 and min(cosines) > 0.99, cosines
 
 
+def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
+  """The proxy's hand-written update (one fused op per weight) takes the
+  steps tf_keras' SGD(momentum=0.9) takes with CosineDecay over
+  ``train_steps``, on the same model, batches and gradients."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  config = _with(train_steps=6, quality_steps=3, learning_rate=0.05)
+  model = proxies.build_model("resnet", evaluation.norm_factory(
+      known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
+  start = model.get_weights()
+  trainer = evaluation.ProxyTrainer(model, data, config)
+  trainer.train_until(config.train_steps)
+  ours = [v.numpy() for v in model.trainable_variables]
+  model.set_weights(start)
+  optimizer = tf_keras.optimizers.SGD(
+      tf_keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                config.train_steps),
+      momentum=evaluation.MOMENTUM)
+  stream = proxies.batches(data.train, config.batch_size, config.seed)
+  for _ in range(config.train_steps):
+    _, grads = trainer.gradients(*next(stream))
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+  moved = 0.0
+  for a, b, s in zip(ours, model.trainable_variables, start):
+    np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-6)
+    moved = max(moved, float(np.abs(a - s).max()))
+  assert moved > 1e-3  # the weights did move
+  assert float(tf.reduce_sum(trainer.velocities[0] ** 2)) > 0
+
+
 def test_batches_are_reproducible_reshuffled_and_complete():
   images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
   split = (images, np.arange(10))
