@@ -1,11 +1,12 @@
 """The README's benchmark commands, shrunken (same code paths, tiny sizes)."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,14 +50,17 @@ SEARCH_TINY = ["--anchors=resnet", "--width=8", "--quality_steps=15",
 def test_search_throughput(tmp_path):
   output = tmp_path / "throughput.json"
   result = _run("search_throughput.py", "--random_layers=3",
-                "--reference_layers=evonorm_b0", "--workers=1",
+                "--reference_layers=evonorm_b0", "--reference_rounds=2",
+                "--workers=1",
                 "--paths=hybrid,compiled",  # (sessions: test_search_program)
                 *SEARCH_TINY, f"--output_dir={tmp_path / 'search'}",
                 f"--json_output={output}", timeout=900)
   results = json.loads(output.read_text())
   for path in ("hybrid", "compiled"):
-    assert results[path]["reference_layers"]["evonorm_b0"]["status"] == (
-        "accepted")
+    reference = results[path]["reference_layers"]["evonorm_b0"]
+    assert reference["status"] == "accepted"
+    assert len(reference["rounds"]) == 2
+    assert reference["seconds"] == np.median(reference["rounds"])
     stages = results[path]["stage_costs"]["stages"]["accepted"]
     assert stages["training"] > 0 and stages["total"] > 0
   assert "Median seconds per stage, hybrid" in result.stdout
