@@ -321,8 +321,10 @@ class ProxyTrainer:
                config: proxies.ProxyConfig):
     self.model, self.data, self.config = model, data, config
     self.steps_done = 0
+    # (Keras gathers trainable_variables from every layer at each access.)
+    self.variables = model.trainable_variables
     self.velocities = [tf.Variable(tf.zeros_like(v), trainable=False)
-                       for v in model.trainable_variables]
+                       for v in self.variables]
     self.iterator = proxies.batches(data.train, config.batch_size,
                                     config.seed)
 
@@ -344,7 +346,7 @@ class ProxyTrainer:
     # Two calls, not one traced step calling the gradients: that would be
     # instantiated with their graph inlined (0.7 s per model).
     loss, grads = self.gradients(x, y)
-    _momentum_step(self.model.trainable_variables, self.velocities, grads,
+    _momentum_step(self.variables, self.velocities, grads,
                    cosine_learning_rate(self.config, self.steps_done))
     return loss
 
