@@ -292,7 +292,7 @@ def _momentum_step(variables, velocities, grads, learning_rate: float):
   """``velocity = MOMENTUM * velocity - learning_rate * grad; variable +=
   velocity`` (tf_keras' SGD with momentum, not Nesterov), one fused op per
   variable, run eagerly (through its generated wrapper: ``tf.raw_ops``
-  dispatches at half the speed): 1 ms for a proxy's ~50 weights, where a
+  dispatches at half the speed): 1-2 ms for a proxy's ~50 weights, where a
   ``tf.function`` taking the variables, velocities and gradients as
   arguments spent 4-5 ms per step handling them, and the update traced into
   the model's step added 0.3 s to every model's trace (measured).
