@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tf_keras
 
 from evonorm_layers.search import evaluation
 from evonorm_layers.search import known_layers
@@ -85,8 +86,6 @@ def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
   """The proxy's hand-written update (one fused op per weight) takes the
   steps tf_keras' SGD(momentum=0.9) takes with CosineDecay over
   ``train_steps``, on the same model, batches and gradients."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
   config = _with(train_steps=6, quality_steps=3, learning_rate=0.05)
   model = proxies.build_model("resnet", evaluation.norm_factory(
       known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
@@ -108,7 +107,7 @@ def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
     np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-6)
     moved = max(moved, float(np.abs(a - s).max()))
   assert moved > 1e-3  # the weights did move
-  assert float(tf.reduce_sum(trainer.velocities[0] ** 2)) > 0
+  assert np.any(trainer.velocities[0].numpy())
 
 
 def test_batches_are_reproducible_reshuffled_and_complete():
