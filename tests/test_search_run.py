@@ -1,5 +1,6 @@
 """A tiny search on real Ray: killed mid-way, resumed, worker crash survived."""
 
+import collections
 import json
 import os
 import re
@@ -37,7 +38,8 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   marker = str(tmp_path / "worker_crashed")
   env = {**os.environ, controller.CRASH_ONCE_ENV: f"1:{marker}"}
   first = subprocess.Popen(
-      _search(f"--output_dir={output_dir}", "--max_candidates=8", *TINY),
+      _search(f"--output_dir={output_dir}", "--max_candidates=8",
+              "--worker_max_calls=2", *TINY),
       env=env, start_new_session=True, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
   try:
@@ -57,8 +59,9 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   assert 3 <= len(before) < 8
 
   second = subprocess.run(
-      _search(f"--output_dir={output_dir}", "--resume"), capture_output=True,
-      text=True, timeout=600, check=False)
+      _search(f"--output_dir={output_dir}", "--resume",
+              "--worker_max_calls=2"),
+      capture_output=True, text=True, timeout=600, check=False)
   assert second.returncode == 0, second.stderr[-3000:]
   after = _log(output_dir)
   assert after[:len(before)] == before  # finished work kept as it was
@@ -82,6 +85,14 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   assert all(r["worker_rss_mib"] > 100 for r in records
              if r.get("cached_from") is None), records
   assert re.search(r"Workers' resident memory: at most \d+ MiB", text), text
+  # --worker_max_calls=2: Ray replaced each worker process after two
+  # evaluations (of the baselines, the candidates and the re-ranking).
+  with open(os.path.join(output_dir, "baselines.jsonl")) as f:
+    evaluated = [json.loads(line) for line in f] + records
+  per_worker = collections.Counter(r["worker"] for r in evaluated
+                                   if r.get("worker"))
+  assert sum(per_worker.values()) >= 6, per_worker
+  assert max(per_worker.values()) <= 2, per_worker
 
 
 @pytest.mark.parametrize("flags, message", [

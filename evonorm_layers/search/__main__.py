@@ -68,6 +68,10 @@ flags.DEFINE_list("baselines", list(report.BASELINES), "Known layers "
 flags.DEFINE_integer("seed", 0, "Random seed of the search.")
 flags.DEFINE_integer("workers", 2, "Candidates evaluated at once (Ray tasks "
                      "of one CPU each).", lower_bound=1)
+flags.DEFINE_integer("worker_max_calls", 0, "Restart each worker process "
+                     "after this many evaluations (0: never), bounding its "
+                     "memory on long searches; each restart costs one setup "
+                     "of the data and anchors.", lower_bound=0)
 flags.DEFINE_string("address", None, "Ray cluster address (e.g. 'auto'); "
                     "default: start Ray on this machine.")
 flags.DEFINE_integer("rerank_top_k", 10, "Re-train this many best layers "
@@ -210,7 +214,8 @@ def main(argv):
     store.update_config(config.to_dict())
 
   evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address,
-                                      path=FLAGS.evaluation_path)
+                                      path=FLAGS.evaluation_path,
+                                      max_calls=FLAGS.worker_max_calls)
   try:
     with cli.user_errors():
       baselines = evaluate_baselines(config, evaluator, store,
