@@ -86,7 +86,8 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
              if r.get("cached_from") is None), records
   assert re.search(r"Workers' resident memory: at most \d+ MiB", text), text
   # --worker_max_calls=2: Ray replaced each worker process after two
-  # evaluations (of the baselines, the candidates and the re-ranking).
+  # evaluations (the baselines' and candidates' records name their worker;
+  # without the flag one worker did 7 of them).
   with open(os.path.join(output_dir, "baselines.jsonl")) as f:
     evaluated = [json.loads(line) for line in f] + records
   per_worker = collections.Counter(r["worker"] for r in evaluated
