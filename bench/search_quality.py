@@ -6,7 +6,8 @@ rejection, each for ``--seeds`` seeds, with the same candidate budget
 (``--max_candidates``) and the same wall-time budget (``--max_minutes`` per
 run), then draws the paper's Figure 6 from the runs: the best average
 accuracy over the anchors against the number of candidates evaluated,
-median and range over seeds per algorithm. Its table lists each run's best
+median and range over seeds per algorithm, and beside it the same against
+minutes of wall time, the budget that both algorithms share. Its table lists each run's best
 layer as a formula with its accuracy per anchor, next to BN-ReLU, EvoNorm-B0
 and EvoNorm-S0 evaluated under the same protocol (each run's
 ``baselines.jsonl``).
@@ -39,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
 
 from evonorm_layers.search import evolution  # noqa: E402
 from evonorm_layers.search import proxy_flags  # noqa: E402
@@ -148,14 +150,31 @@ def summarize(runs: dict) -> dict:
                 if r.get("cached_from") is None]
     top = max(accepted, key=evolution.average_fitness, default=None)
     xs, ys = report.progress_curve(records, top=1)
+    minutes = _minutes(records)
     summary.setdefault(algorithm, []).append({
         "run": name, "candidates": len(records), "accepted": len(accepted),
         "best": top, "best_average": (evolution.average_fitness(top)
                                       if top else None),
-        "curve": (xs, ys), "baselines": _baselines(output_dir),
+        "curve": (xs, ys), "time_curve": ([minutes[x - 1] for x in xs], ys),
+        "minutes": minutes[-1] if minutes else 0.0,
+        "baselines": _baselines(output_dir),
         "seconds": sum(r.get("seconds", {}).get("total", 0.0)
                        for r in records)})
   return summary
+
+
+def _minutes(records):
+  """Minutes of wall time from the start of a run's first evaluation to the
+  end of each record's (a resumed run's pause included)."""
+  if not records:
+    return []
+  first = records[0]
+  start = first["finished_at"] - first.get("seconds", {}).get("total", 0.0)
+  minutes, last = [], start
+  for record in records:
+    last = record.get("finished_at", last)
+    minutes.append((last - start) / 60)
+  return minutes
 
 
 NOTHING = float("-inf")  # a run that has accepted no layer yet
@@ -168,25 +187,25 @@ def median_best(values):
   return None if middle == NOTHING else middle
 
 
-def plot(summary, path, budget):
-  """Best fitness against candidates evaluated: every run thin, the median
-  over an algorithm's runs bold (drawn where at least half of them have
-  accepted a layer; a run that stopped earlier, at the same wall time,
-  keeps its final best)."""
-  plt = report._plt()  # pylint: disable=protected-access
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def _best_on_grid(xs, ys, grid):
+  """A run's best-so-far curve read at every grid point (NOTHING before its
+  first accepted layer)."""
+  values, j, best = [], 0, NOTHING
+  for x in grid:
+    while j < len(xs) and xs[j] <= x:
+      best = ys[j]
+      j += 1
+    values.append(best)
+  return values
+
+
+def _draw(ax, summary, key, end, grid_of):
+  """One panel: every run thin, the median over an algorithm's runs bold
+  (drawn where at least half of them have accepted a layer; a run that
+  stopped earlier keeps its final best)."""
   for algorithm, runs in summary.items():
-    grid = list(range(1, min(budget, max(r["candidates"] for r in runs)) + 1))
-    curves = []
-    for run in runs:
-      xs, ys = run["curve"]
-      values, j, best = [], 0, NOTHING
-      for x in grid:
-        while j < len(xs) and xs[j] <= x:
-          best = ys[j]
-          j += 1
-        values.append(best)
-      curves.append(values)
+    grid = grid_of(runs)
+    curves = [_best_on_grid(*run[key], grid) for run in runs]
     med, at = [], []
     for i, x in enumerate(grid):
       middle = median_best([c[i] for c in curves])
@@ -197,7 +216,7 @@ def plot(summary, path, budget):
                     label=f"{algorithm} (median of {len(runs)})")
     for run, values in zip(runs, curves):
       points = [(x, v) for x, v in zip(grid, values)
-                if x <= run["candidates"] and v != NOTHING]
+                if x <= run[end] and v != NOTHING]
       if points:
         ax.plot(*zip(*points), color=line.get_color(), alpha=0.35,
                 linewidth=0.8, marker="." if len(points) == 1 else None)
@@ -207,38 +226,67 @@ def plot(summary, path, budget):
     if baselines.get(name, {}).get("fitness"):
       ax.axhline(evolution.average_fitness(baselines[name]), color="gray",
                  linestyle=style, linewidth=1, label=name)
-  ax.set_xlabel("candidates evaluated")
-  ax.set_ylabel("best accuracy (average over anchors)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+
+
+def plot(summary, path, budget):
+  """Best fitness against candidates evaluated (the paper's Figure 6, on a
+  log axis: at equal wall time random search evaluates ten times more
+  candidates than evolution, most rejected in under a second) and against
+  minutes of search (the equal-budget view)."""
+  plt = report._plt()  # pylint: disable=protected-access
+  fig, (by_count, by_time) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                          sharey=True)
+  _draw(by_count, summary, "curve", "candidates", lambda runs: list(range(
+      1, min(budget, max(r["candidates"] for r in runs)) + 1)))
+  by_count.set_xscale("log")
+  by_count.set_xlabel("candidates evaluated")
+  by_count.set_ylabel("best accuracy (average over anchors)")
+  _draw(by_time, summary, "time_curve", "minutes", lambda runs: list(
+      np.linspace(0, max(r["minutes"] for r in runs), 400)))
+  by_time.set_xlabel("minutes of search (wall time)")
+  by_time.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
+def _cell(formula: str) -> str:
+  """A formula as a Markdown table cell: its ``|x|`` would end the cell."""
+  return formula.replace("|", "\\|")
+
+
+def _bn_relu(run) -> str:
+  """BN-ReLU's average accuracy under the run's own protocol (its seed)."""
+  b = run["baselines"].get("bn_relu")
+  return f"{evolution.average_fitness(b):.3f}" if b and b.get(
+      "fitness") else "-"
+
+
 def table(summary, anchors) -> str:
   lines = ["| run | candidates | accepted | best layer | " + " | ".join(
-      anchors) + " | average |", "|---|---:|---:|---|" + "---:|" * (
-          len(anchors) + 1)]
+      anchors) + " | average | bn_relu, same seed |",
+           "|---|---:|---:|---|" + "---:|" * (len(anchors) + 2)]
   for runs in summary.values():
     for run in runs:
       top = run["best"]
       if top is None:
         lines.append(f"| {run['run']} | {run['candidates']} | 0 | (none "
-                     "accepted) |" + " - |" * (len(anchors) + 1))
+                     "accepted) |" + " - |" * (len(anchors) + 1) +
+                     f" {_bn_relu(run)} |")
         continue
       lines.append(
           f"| {run['run']} | {run['candidates']} | {run['accepted']} | "
-          f"`{top['formula']}` | " + " | ".join(
+          f"`{_cell(top['formula'])}` | " + " | ".join(
               f"{top['fitness'][a]:.3f}" for a in anchors) +
-          f" | {run['best_average']:.3f} |")
-  baselines = next(iter(summary.values()))[0]["baselines"]
+          f" | {run['best_average']:.3f} | {_bn_relu(run)} |")
+  first = next(iter(summary.values()))[0]
   for name in report.BASELINES:
-    b = baselines.get(name)
+    b = first["baselines"].get(name)
     if b and b.get("fitness"):
-      lines.append(f"| {name} (same protocol) | | | | " + " | ".join(
-          f"{b['fitness'][a]:.3f}" for a in anchors) +
-                   f" | {evolution.average_fitness(b):.3f} |")
+      lines.append(f"| {name} (same protocol, {first['run']}) | | | | " +
+                   " | ".join(f"{b['fitness'][a]:.3f}" for a in anchors) +
+                   f" | {evolution.average_fitness(b):.3f} | |")
   return "\n".join(lines)
 
 
@@ -269,8 +317,10 @@ def main(argv):
                  + (f" ({empty} accepted no layer)" if empty else "") + "; "
                  "candidates per run " + ", ".join(
                      str(r["candidates"]) for r in runs) +
-                 "; evaluation time per run " + ", ".join(
-                     f"{r['seconds'] / 60:.1f} min" for r in runs))
+                 "; wall time per run " + ", ".join(
+                     f"{r['minutes']:.1f} min" for r in runs) +
+                 " (evaluating: " + ", ".join(
+                     f"{r['seconds'] / 60:.1f}" for r in runs) + ")")
   bn_relu = next(iter(summary.values()))[0]["baselines"].get("bn_relu")
   if bn_relu and bn_relu.get("fitness"):
     lines.append(f"bn_relu under the same protocol: "
@@ -278,7 +328,8 @@ def main(argv):
   lines.append(f"Figure: {figure}")
   print("\n".join(lines))
   with open(os.path.join(FLAGS.output_dir, "summary.json"), "w") as f:
-    json.dump({a: [{k: v for k, v in r.items() if k != "curve"}
+    json.dump({a: [{k: v for k, v in r.items()
+                    if k not in ("curve", "time_curve")}
                    for r in rs] for a, rs in summary.items()}, f, indent=1,
               default=str)
 

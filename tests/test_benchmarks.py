@@ -92,7 +92,12 @@ def test_search_quality(tmp_path):
   assert again.stdout.count("finished before") == 2
   assert all(run["candidates"] == 4 for runs in summary.values()
              for run in runs)
-  assert "| bn_relu (same protocol) |" in result.stdout
+  # The equal-budget panel: wall time from the first evaluation to the last.
+  assert all(0 < run["minutes"] * 60 < 600 for runs in summary.values()
+             for run in runs)
+  assert "| bn_relu (same protocol, evolution_seeded_seed0) |" in (
+      result.stdout)
+  assert "| average | bn_relu, same seed |" in result.stdout
   assert "evolution_seeded: median best average accuracy" in result.stdout
 
 
