@@ -7,10 +7,10 @@ rejection, each for ``--seeds`` seeds, with the same candidate budget
 run), then draws the paper's Figure 6 from the runs: the best average
 accuracy over the anchors against the number of candidates evaluated,
 median and range over seeds per algorithm, and beside it the same against
-minutes of wall time, the budget that both algorithms share. Its table lists each run's best
-layer as a formula with its accuracy per anchor, next to BN-ReLU, EvoNorm-B0
-and EvoNorm-S0 evaluated under the same protocol (each run's
-``baselines.jsonl``).
+minutes of wall time, the budget that both algorithms share. Its table
+lists each run's best layer as a formula with its accuracy per anchor, next
+to BN-ReLU, EvoNorm-B0 and EvoNorm-S0 evaluated under the same protocol
+(each run's ``baselines.jsonl``).
 
   python bench/search_quality.py                  # laptop preset, 3 seeds
   python bench/search_quality.py --max_minutes=120 --max_candidates=2000
@@ -231,7 +231,7 @@ def _draw(ax, summary, key, end, grid_of):
 
 def plot(summary, path, budget):
   """Best fitness against candidates evaluated (the paper's Figure 6, on a
-  log axis: at equal wall time random search evaluates ten times more
+  log axis: at equal wall time random search evaluates 15-30 times more
   candidates than evolution, most rejected in under a second) and against
   minutes of search (the equal-budget view)."""
   plt = report._plt()  # pylint: disable=protected-access
@@ -320,7 +320,7 @@ def main(argv):
                  "; wall time per run " + ", ".join(
                      f"{r['minutes']:.1f} min" for r in runs) +
                  " (evaluating: " + ", ".join(
-                     f"{r['seconds'] / 60:.1f}" for r in runs) + ")")
+                     f"{r['seconds'] / 60:.1f}" for r in runs) + " min)")
   bn_relu = next(iter(summary.values()))[0]["baselines"].get("bn_relu")
   if bn_relu and bn_relu.get("fitness"):
     lines.append(f"bn_relu under the same protocol: "
