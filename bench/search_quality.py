@@ -321,10 +321,9 @@ def main(argv):
                      f"{r['minutes']:.1f} min" for r in runs) +
                  " (evaluating: " + ", ".join(
                      f"{r['seconds'] / 60:.1f}" for r in runs) + " min)")
-  bn_relu = next(iter(summary.values()))[0]["baselines"].get("bn_relu")
-  if bn_relu and bn_relu.get("fitness"):
-    lines.append(f"bn_relu under the same protocol: "
-                 f"{evolution.average_fitness(bn_relu):.3f}")
+  bn_relu = _bn_relu(next(iter(summary.values()))[0])
+  if bn_relu != "-":
+    lines.append(f"bn_relu under the same protocol: {bn_relu}")
   lines.append(f"Figure: {figure}")
   print("\n".join(lines))
   with open(os.path.join(FLAGS.output_dir, "summary.json"), "w") as f:
