@@ -93,7 +93,7 @@ def _command(name, algorithm, seed, seed_layers=()):
                 f"--preset={FLAGS.preset}",
                 f"--batch_independent={FLAGS.batch_independent}",
                 "--baselines=" + ",".join(FLAGS.baselines)]
-    if seed_layers:
+    if algorithm == "evolution":  # cold unless seeded (not the default)
       command.append("--seed_layers=" + ",".join(seed_layers))
     for key, value in proxy_flags.given().items():
       command.append(f"--{key}=" + (",".join(value) if key == "anchors"
@@ -143,13 +143,13 @@ def summarize(runs: dict) -> dict:
   for name, output_dir in runs.items():
     algorithm = name.rsplit("_seed", 1)[0]
     # A warm start's seeds count against its budget but are not found
-    # layers: neither its best layer nor its curve may be a seed.
-    records = [r if r.get("origin") != "seed" else {**r, "status": "seed"}
-               for r in store_lib.SearchStore(output_dir).records()]
-    accepted = [r for r in store_lib.accepted(records)
-                if r.get("cached_from") is None]
+    # layers: neither its best layer nor its curve may be a seed, nor a
+    # layer equivalent to a seed or baseline.
+    records = store_lib.SearchStore(output_dir).records()
+    baselines = _baselines(output_dir)
+    accepted = report.found(records, list(baselines.values()))
     top = max(accepted, key=evolution.average_fitness, default=None)
-    xs, ys = report.progress_curve(records, top=1)
+    xs, ys = report.progress_curve(records, list(baselines.values()))
     minutes = _minutes(records)
     summary.setdefault(algorithm, []).append({
         "run": name, "candidates": len(records), "accepted": len(accepted),
@@ -157,7 +157,7 @@ def summarize(runs: dict) -> dict:
                                       if top else None),
         "curve": (xs, ys), "time_curve": ([minutes[x - 1] for x in xs], ys),
         "minutes": minutes[-1] if minutes else 0.0,
-        "baselines": _baselines(output_dir),
+        "baselines": baselines,
         "seconds": sum(r.get("seconds", {}).get("total", 0.0)
                        for r in records)})
   return summary

@@ -25,7 +25,7 @@ from evonorm_vision import export_saved_model
 
 
 def main(overrides, model_dir, output):
-  params = export_saved_model.load_params("evonorm_digits_quickstart", (),
+  params = export_saved_model.load_params("evonorm_resnet_digits", (),
                                           overrides)
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   with strategy.scope():

@@ -22,7 +22,7 @@ import evonorm_layers
 from evonorm_layers.search import KNOWN_GRAPHS
 from evonorm_vision import experiment
 from evonorm_vision import export_saved_model
-from evonorm_vision.data import digits
+from evonorm_vision.data import offline as offline_data
 from evonorm_vision.tasks import image_classification as task_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,18 +38,18 @@ FAST = ("trainer.steps_per_loop=2,trainer.checkpoint_interval=2,"
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("digits"))
-  digits.write_digits_tfrecords(path)
+  offline_data.write_tfrecords("digits", path)
   return path
 
 
 def _data_override(data_dir):
-  return (f"task.train_data.input_path={digits.file_pattern(data_dir, 'train')},"
+  return (f"task.train_data.input_path={offline_data.file_pattern(data_dir, 'train')},"
           "task.validation_data.input_path="
-          f"{digits.file_pattern(data_dir, 'validation')}")
+          f"{offline_data.file_pattern(data_dir, 'validation')}")
 
 
 def _train_cmd(model_dir, overrides, mode="train_and_eval",
-               experiment_name="evonorm_digits_quickstart"):
+               experiment_name="evonorm_resnet_digits"):
   return [sys.executable, "-m", "evonorm_vision.train",
           f"--experiment={experiment_name}", f"--mode={mode}",
           f"--model_dir={model_dir}", f"--params_override={overrides}"]
@@ -131,7 +131,7 @@ def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("overrides, expected", [
     ("task.train_data.input_path=/nonexistent/train-*.tfrecord",
      r"No files match task.train_data.input_path='/nonexistent/train-\*"
-     r".tfrecord'.*python -m evonorm_vision.data.digits"),
+     r".tfrecord'.*python -m evonorm_vision.data.offline --dataset=mnist5k"),
     ("task.model.norm_activation.type=evonorm_b9",
      r"Unknown normalization-activation layer 'evonorm_b9'. Valid names:"),
 ])
@@ -150,7 +150,7 @@ def test_entry_point_rejects_bad_input_before_training(tmp_path, overrides,
 
 def test_unknown_experiment_lists_the_project_experiments():
   with pytest.raises(ValueError, match=r"Unknown experiment 'resnet_v9'.*"
-                     r"evonorm_digits_quickstart.*evonorm_resnet50_imagenet"):
+                     r"evonorm_resnet_digits.*evonorm_resnet50_imagenet"):
     experiment.check_experiment_name("resnet_v9")
 
 
@@ -164,7 +164,7 @@ def test_missing_tfds_dataset_says_where_it_looked(tmp_path):
 
 
 def test_batch_not_divisible_by_replicas():
-  params = exp_factory.get_exp_config("evonorm_digits_quickstart")
+  params = exp_factory.get_exp_config("evonorm_resnet_digits")
   with pytest.raises(ValueError, match=r"global_batch_size=64 is not "
                      r"divisible by the 3 replicas.*multiple of 3"):
     task_lib.check_batch_divisible(params.task.train_data, 3, "train_data")
@@ -201,7 +201,7 @@ def _keras_logits(model_dir, images):
   """Logits of the Keras model restored from the checkpoint, preprocessed as
   the trainer's evaluation does (resize, normalize)."""
   params = export_saved_model.load_params(
-      "evonorm_digits_quickstart", (), FAST)
+      "evonorm_resnet_digits", (), FAST)
   model = task_factory.get_task(params.task).build_model()
   tf.train.Checkpoint(model=model).read(
       tf.train.latest_checkpoint(model_dir)).expect_partial()
@@ -213,7 +213,7 @@ def _keras_logits(model_dir, images):
 
 def _validation_records(data_dir, n):
   records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(
-      digits.file_pattern(data_dir, "validation"))).take(n))
+      offline_data.file_pattern(data_dir, "validation"))).take(n))
   examples = [tf.train.Example.FromString(r.numpy()) for r in records]
   pngs = [e.features.feature["image/encoded"].bytes_list.value[0]
           for e in examples]
@@ -226,7 +226,7 @@ def test_exported_image_tensor_model_matches_keras_model(
   """Served logits equal the Keras model restored from the same checkpoint,
   with the trainer's evaluation preprocessing computed independently."""
   model_dir, _ = trained_model_dir
-  params = export_saved_model.load_params("evonorm_digits_quickstart", (),
+  params = export_saved_model.load_params("evonorm_resnet_digits", (),
                                           FAST)
   export_dir = export_saved_model.export(params, model_dir, str(tmp_path))
   _, _, images = _validation_records(digits_dir, 6)
@@ -247,7 +247,7 @@ def test_exported_encoded_input_models_match_in_process_model(
   """For encoded inputs Model Garden decodes and resizes in uint8, so the
   reference is the same export module run in this process."""
   model_dir, _ = trained_model_dir
-  params = export_saved_model.load_params("evonorm_digits_quickstart", (),
+  params = export_saved_model.load_params("evonorm_resnet_digits", (),
                                           FAST)
   export_dir = export_saved_model.export(params, model_dir, str(tmp_path),
                                          input_type=input_type)
@@ -272,7 +272,7 @@ def test_exported_encoded_input_models_match_in_process_model(
 
 def test_normalization_variables_are_not_weight_decayed():
   params = export_saved_model.load_params(
-      "evonorm_digits_quickstart", (), f"{FAST},"
+      "evonorm_resnet_digits", (), f"{FAST},"
       "task.losses.l2_weight_decay=1e-4")
   model = task_factory.get_task(params.task).build_model()
   regularized = [l for l in model._flatten_layers()  # pylint: disable=protected-access

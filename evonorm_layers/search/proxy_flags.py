@@ -31,7 +31,8 @@ def define(default_preset: str = "laptop"):
                     "Proxy preset: every proxy setting below defaults to its "
                     "value (see proxies.PRESETS).")
   flags.DEFINE_string("dataset", None, "auto (CIFAR-10 if prepared in TFDS, "
-                      "else digits), cifar10, digits, tfds:NAME, or a "
+                      "else digits), cifar10, digits, mnist5k (5000 MNIST "
+                      "digits, offline), tfds:NAME, or a "
                       "directory with one subdirectory of images per class.")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
   flags.DEFINE_list("anchors", None, "Anchor architectures: resnet, "

@@ -34,18 +34,48 @@ REPORT = "report.md"  # written last: a search with one has finished
 # Known layers every search evaluates first, under its own proxy.
 BASELINES = ("bn_relu", "evonorm_b0", "evonorm_s0")
 STAGES = ("probe", "stability", "quality", "training", "evaluation")
+REJECTION_STAGES = STAGES + ("error",)
+FIGURES = {"figure2_random_layers.png": "random layers' accuracy",
+           "figure6_progress.png": "search progress",
+           "pareto_front.png": "Pareto front"}
 
 
-def best(records: Sequence[dict], k: int) -> list[dict]:
-  """The ``k`` accepted, distinct layers with the best average accuracy."""
+def found(records: Sequence[dict],
+          known: Sequence[dict] = ()) -> list[dict]:
+  """The accepted records that are layers the search found: not a warm
+  start's seed layers, not reused from an equivalent candidate, and not
+  equivalent (same canonical graph or same probe outputs) to a ``known``
+  layer, i.e. a baseline or seed record."""
+  known = [r for r in known if r] + [r for r in records
+                                     if r.get("origin") == "seed"]
+  fingerprints = {r.get("fingerprint") for r in known} - {None}
+  probes = {r.get("probe") for r in known} - {None}
+  return [r for r in store_lib.accepted(records)
+          if r.get("origin") != "seed" and r.get("cached_from") is None
+          and r.get("fingerprint") not in fingerprints
+          and r.get("probe") not in probes]
+
+
+def best(records: Sequence[dict], k: int,
+         known: Sequence[dict] = ()) -> list[dict]:
+  """The ``k`` found (see :func:`found`), distinct layers with the best
+  average accuracy."""
   seen, result = set(), []
-  for record in sorted(store_lib.accepted(records),
+  for record in sorted(found(records, known),
                        key=evolution.average_fitness, reverse=True):
-    if record["fingerprint"] in seen or record.get("cached_from") is not None:
+    if record["fingerprint"] in seen:
       continue
     seen.add(record["fingerprint"])
     result.append(record)
   return result[:k]
+
+
+def rejection_stage(record: dict) -> str:
+  """The protocol stage that rejected a record: probe, stability, quality,
+  training, evaluation, or error."""
+  stage = (record.get("rejection") or {}).get("stage")
+  return stage or {"stability": "stability", "quality": "quality"}.get(
+      record.get("reason"), record.get("reason") or "error")
 
 
 def layer_name(record: dict) -> str:
@@ -59,9 +89,13 @@ def _plt():
   return plt
 
 
-def plot_random_histograms(records, anchors, path):
-  plt = _plt()
+def plot_random_histograms(records, anchors, path) -> bool:
+  """The accuracy histograms of random layers per anchor (Figure 2); draws
+  nothing (returns False) when no random layer was trained."""
   random = [r for r in records if r.get("origin") == "random"]
+  if not any(r.get("quality") for r in random):
+    return False
+  plt = _plt()
   fig, axes = plt.subplots(1, len(anchors), figsize=(4 * len(anchors), 3.2),
                            squeeze=False)
   for ax, anchor in zip(axes[0], anchors):
@@ -78,54 +112,75 @@ def plot_random_histograms(records, anchors, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+  return True
 
 
-def progress_curve(records, top: int = 10):
-  """(candidates evaluated, mean average accuracy of the best ``top``)."""
-  xs, ys, scores = [], [], []
+def progress_curve(records, known: Sequence[dict] = ()):
+  """(candidates evaluated, the best average accuracy found so far): the
+  paper's Figure 6 for one run, a curve that can only rise. Seeds and
+  layers equivalent to a known one count as candidates, not as finds."""
+  finds = {id(r) for r in found(records, known)}
+  xs, ys, best_so_far = [], [], None
   for i, record in enumerate(records, start=1):
-    if record.get("status") == "accepted":
-      scores.append(evolution.average_fitness(record))
-      scores.sort(reverse=True)
-      del scores[top:]
-    if scores:
+    if id(record) in finds:
+      score = evolution.average_fitness(record)
+      best_so_far = score if best_so_far is None else max(best_so_far, score)
+    if best_so_far is not None:
       xs.append(i)
-      ys.append(float(np.mean(scores)))
+      ys.append(best_so_far)
   return xs, ys
 
 
-def plot_progress(runs: Mapping[str, Sequence[dict]], path, top: int = 10):
+def plot_progress(runs: Mapping[str, Sequence[dict]], path,
+                  known: Sequence[dict] = ()) -> bool:
+  """Draws every run's progress curve; draws nothing (returns False) when
+  no run has found a layer yet."""
+  curves = {label: progress_curve(records, known)
+            for label, records in runs.items()}
+  if not any(xs for xs, _ in curves.values()):
+    return False
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
-  for label, records in runs.items():
-    xs, ys = progress_curve(records, top)
-    ax.plot(xs, ys, label=label)
+  for label, (xs, ys) in curves.items():
+    if xs:
+      ax.step(xs, ys, where="post", label=label)
   ax.set_xlabel("candidates evaluated")
-  ax.set_ylabel(f"mean accuracy of the {top} best layers\n"
-                "(averaged over anchors)")
+  ax.set_ylabel("best accuracy found so far\n(averaged over anchors)")
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+  return True
 
 
-def plot_pareto(records, anchors, path):
+def plot_pareto(records, anchors, path, known: Sequence[dict] = ()) -> bool:
+  """Found layers by accuracy on each pair of anchors, the Pareto front
+  highlighted and the known layers (baselines, seeds) marked; draws nothing
+  (returns False) when no layer was found."""
+  finds = found(records, known)
+  if not finds:
+    return False
   plt = _plt()
   pairs = [(a, b) for i, a in enumerate(anchors) for b in anchors[i + 1:]]
-  accepted = store_lib.accepted(records)
-  front = evolution.pareto_front(accepted) if accepted else []
+  front = evolution.pareto_front(finds)
+  references = [r for r in known if r and r.get("fitness")]
   if not pairs:  # one anchor: the front is the best layer
     pairs = [(anchors[0], anchors[0])]
   fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.6),
                            squeeze=False)
   for ax, (a, b) in zip(axes[0], pairs):
-    ax.scatter([r["fitness"][a] for r in accepted],
-               [r["fitness"][b] for r in accepted], s=12, alpha=0.5,
-               label="accepted layers")
+    ax.scatter([r["fitness"][a] for r in finds],
+               [r["fitness"][b] for r in finds], s=12, alpha=0.5,
+               label="found layers")
     ax.scatter([r["fitness"][a] for r in front],
                [r["fitness"][b] for r in front], s=30, color="tab:red",
                label="Pareto front")
+    for r in references:
+      ax.scatter(r["fitness"][a], r["fitness"][b], marker="x", color="gray")
+      ax.annotate(r.get("layer", "seed"), (r["fitness"][a], r["fitness"][b]),
+                  fontsize=7, color="gray", xytext=(3, 3),
+                  textcoords="offset points")
     ax.set_xlabel(f"{a} accuracy")
     ax.set_ylabel(f"{b} accuracy")
     ax.grid(alpha=0.3)
@@ -133,6 +188,7 @@ def plot_pareto(records, anchors, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+  return True
 
 
 def _median(values):
@@ -165,7 +221,7 @@ def rejection_costs(records) -> dict:
   kinds = {"rejected": [r for r in fresh if r.get("status") == "rejected"],
            "accepted": [r for r in fresh if r.get("status") == "accepted"]}
   # Rejected before any proxy training (probe, graph inspection): free.
-  kinds["rejected after the probe"] = [
+  kinds["rejected_past_probe"] = [
       r for r in kinds["rejected"]
       if (r.get("rejection") or {}).get("stage") != "probe"]
   costs = {f"{kind}_median_s": _median([r["seconds"]["total"] for r in rs])
@@ -210,23 +266,25 @@ def worker_memory_text(records) -> str | None:
           f"last, {len(values)} evaluations).")
 
 
-def _no_accepted_advice(records, reasons) -> list[str]:
-  """What to do when no candidate passed the protocols."""
+def _nothing_found_advice(records, stages) -> list[str]:
+  """What to do when the search has found no layer yet."""
   examples = [f"- `{r['formula']}`: {rejection_text(r)}"
               for r in records if r.get("status") == "rejected" and
-              (r.get("rejection") or {}).get("stage") != "probe"][:5]
+              rejection_stage(r) != "probe"][:5]
   return [
-      "**No candidate was accepted yet**, so the population has no fitness "
-      "and evolution has nothing to select: "
-      + (", ".join(f"{n} rejected by {k}" for k, n in sorted(reasons.items()))
-         or "nothing was evaluated") + ".", "",
+      "**No layer was found yet** (seed layers and layers equivalent to a "
+      "known one do not count): "
+      + (", ".join(f"{stages[k]} rejected at the {k} stage"
+                   for k in REJECTION_STAGES if k in stages)
+         or "nothing was rejected") + ".", "",
       *(["Rejections past the probe:", "", *examples, ""] if examples else []),
       "Next steps: most random layers fail (about 1 in 90 passes every "
       "protocol), so evaluate more candidates (`--resume "
       "--max_candidates=N`), or warm-start from known layers "
-      "(`--seed_layers=bn_relu,evonorm_b0`); if good layers are rejected "
-      "too, check the proxy with `python -m evonorm_layers.search.calibrate` "
-      "and the same proxy flags.", ""]
+      "(`--seed_layers=bn_relu,evonorm_b0`, the default of evolution); if "
+      "good layers are rejected too, check the proxy with "
+      "`python -m evonorm_layers.search.calibrate` and the same proxy "
+      "flags.", ""]
 
 
 def write_report(output_dir: str, config: dict, records: Sequence[dict],
@@ -236,25 +294,36 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
                  baselines: Mapping[str, dict] | None = None) -> str:
   """Writes the plots, report.md and best_layers.json; returns report.md."""
   anchors = list(config["proxy"]["anchors"])
-  plot_random_histograms(records, anchors,
-                         os.path.join(output_dir, "figure2_random_layers.png"))
-  plot_progress({config["algorithm"]: records, **(compare or {})},
-                os.path.join(output_dir, "figure6_progress.png"))
-  plot_pareto(records, anchors, os.path.join(output_dir, "pareto_front.png"))
+  baselines = dict(baselines or {})
+  known = list(baselines.values())
+  figures = {
+      "figure2_random_layers.png": plot_random_histograms(
+          records, anchors,
+          os.path.join(output_dir, "figure2_random_layers.png")),
+      "figure6_progress.png": plot_progress(
+          {config["algorithm"]: records, **(compare or {})},
+          os.path.join(output_dir, "figure6_progress.png"), known),
+      "pareto_front.png": plot_pareto(
+          records, anchors, os.path.join(output_dir, "pareto_front.png"),
+          known),
+  }
+  for name, drawn in figures.items():
+    if not drawn and os.path.exists(os.path.join(output_dir, name)):
+      os.remove(os.path.join(output_dir, name))  # from an earlier report
 
-  top = best(records, top_k)
+  top = best(records, top_k, known)
   if rerank:
     top.sort(key=lambda r: -rerank.get(r["id"], {}).get("score", -1.0))
   with open(os.path.join(output_dir, "best_layers.json"), "w") as f:
     json.dump({layer_name(r): r["graph"] for r in top}, f, indent=1)
 
-  reasons: dict[str, int] = {}
+  stages: dict[str, int] = {}
   for r in records:
     if r.get("status") == "rejected":
-      reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+      stages[rejection_stage(r)] = stages.get(rejection_stage(r), 0) + 1
   costs = rejection_costs(records)
-  baselines = dict(baselines or {})
   accepted_count = len(store_lib.accepted(records))
+  found_count = len(found(records, known))
   lines = [
       "# Layer search report", "",
       f"Algorithm: {config['algorithm']} (criterion {config['criterion']}, "
@@ -264,14 +333,15 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
       + (f"; seeded with {', '.join(config.get('seed_layers') or ())}"
          if config.get("seed_layers") else "") + ".", "",
       f"Candidates evaluated: {len(records)}; accepted: "
-      f"{accepted_count}; rejected: "
-      + (", ".join(f"{n} by {k}" for k, n in sorted(reasons.items()))
-         or "none")
+      f"{accepted_count}, of which {found_count} are found layers (not a "
+      "seed, and not equivalent to a seed or baseline); rejected: "
+      + (", ".join(f"{stages[k]} at the {k} stage" for k in
+                   REJECTION_STAGES if k in stages) or "none")
       + f"; reused from an equivalent layer: "
       f"{sum(r.get('cached_from') is not None for r in records)}.", "",
       "Median cost: rejected " + _seconds(costs["rejected_median_s"]) +
       " (those reaching the stability test: "
-      + _seconds(costs["rejected after the probe_median_s"]) +
+      + _seconds(costs["rejected_past_probe_median_s"]) +
       "), fully evaluated " + _seconds(costs["accepted_median_s"]) +
       ("" if costs["ratio"] is None else f" (ratio {costs['ratio']:.3f})")
       + "; one-off setup per worker (building and tracing the anchors) "
@@ -281,8 +351,8 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
   memory = worker_memory_text(records)
   if memory:
     lines += [memory, ""]
-  if not accepted_count:
-    lines += _no_accepted_advice(records, reasons)
+  if not found_count:
+    lines += _nothing_found_advice(records, stages)
   if baselines:
     lines += ["## Known layers under the same proxy", "",
               "| layer | status | " + " | ".join(anchors) + " | average |",
@@ -334,9 +404,13 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
             "python -m evonorm_vision.train --searched_layers=best_layers.json "
             "--params_override=task.model.norm_activation.type="
             f"{example} ...", "```",
-            "", "![random layers](figure2_random_layers.png)",
-            "![progress](figure6_progress.png)",
-            "![Pareto front](pareto_front.png)", ""]
+            ""]
+  for name, drawn in figures.items():
+    lines.append(f"![{FIGURES[name]}]({name})" if drawn else
+                 f"No {FIGURES[name]} plot: "
+                 + ("no random layer was trained." if name.startswith("figure2")
+                    else "no layer has been found yet."))
+  lines.append("")
   path = os.path.join(output_dir, REPORT)
   with open(path, "w") as f:
     f.write("\n".join(lines))

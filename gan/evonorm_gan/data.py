@@ -2,8 +2,10 @@
 
 ``source: tfds`` reads a prepared TFDS dataset (ImageNet is
 ``imagenet2012``; any TFDS image dataset with a label feature works) from
-``tfds_data_dir``; nothing is downloaded. ``source: digits`` uses the 8x8
-digits scikit-learn ships, offline. Images are resized (shorter side, area
+``tfds_data_dir``; nothing is downloaded. ``source: mnist5k`` and
+``source: digits`` are the offline datasets of :mod:`evonorm_layers.datasets`
+(their training split): MNIST's 28x28 digits are zero-padded to 32x32 first,
+as MNIST GANs usually take them. Images are resized (shorter side, area
 filter) and center-cropped to the generator's resolution, scaled to
 [-1, 1].
 """
@@ -14,14 +16,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from evonorm_layers import datasets
+
+
+OFFLINE_SOURCES = tuple(datasets.DATASETS)
+
 
 def check_available(data_config):
   """Raises a clear error if the configured dataset is not there."""
-  if data_config.source == "digits":
+  if data_config.source in OFFLINE_SOURCES:
     return
   if data_config.source != "tfds":
-    raise ValueError(f"data.source={data_config.source!r}: use 'tfds' or "
-                     "'digits'.")
+    raise ValueError(f"data.source={data_config.source!r}: use 'tfds', "
+                     f"{', '.join(repr(s) for s in OFFLINE_SOURCES)}.")
   builder = tfds.builder(data_config.tfds_name,
                          data_dir=data_config.tfds_data_dir or None)
   if not builder.is_prepared():
@@ -48,20 +55,21 @@ def resize_and_crop(image: tf.Tensor, resolution: int) -> tf.Tensor:
   return image / 127.5 - 1.0
 
 
-def digits_arrays():
-  """scikit-learn's 1797 digits as uint8 8x8 images (0..255) and labels."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  return images, digits.target.astype(np.int32)
+def offline_arrays(source: str, split: str = "train"):
+  """An offline dataset's split as uint8 ``[N, H, W]`` images (MNIST padded
+  to 32x32) and int32 labels."""
+  images, labels = datasets.load(source, split)
+  if source == "mnist5k":
+    images = datasets.pad_to(images, 32)
+  return images, labels.astype(np.int32)
 
 
 def dataset(data_config, resolution: int, batch_size: int,
             input_context: tf.distribute.InputContext | None = None,
             seed: int | None = None) -> tf.data.Dataset:
   """Infinite, shuffled batches of ``(images [-1, 1], labels int32)``."""
-  if data_config.source == "digits":
-    images, labels = digits_arrays()
+  if data_config.source in OFFLINE_SOURCES:
+    images, labels = offline_arrays(data_config.source)
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
   else:
     ds = tfds.load(data_config.tfds_name, split=data_config.split,

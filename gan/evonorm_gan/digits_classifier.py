@@ -1,12 +1,15 @@
-"""A small digits classifier for the quickstart's "digits IS/FID".
+"""A small digits classifier: the offline stand-in for Inception in IS/FID,
+and the judge of class agreement.
 
 The Inception network of IS/FID cannot be downloaded here and knows nothing
-of 8x8 digits; the quickstart instead measures its samples with a small
-convolutional classifier trained once on scikit-learn's digits (at the
-generator's resolution) and cached as a SavedModel whose signature maps
-images in [-1, 1] to ``{"pool_3": features, "logits": logits}``, the
-interface :class:`evonorm_gan.evaluation.Classifier` reads. Its features
-are the 64-d input of the last layer.
+of digits; the offline experiments instead measure their samples with a
+small convolutional classifier trained once on the real training digits of
+an offline dataset (``mnist5k`` or ``digits``, at the generator's
+resolution) and cached as a SavedModel whose signature maps images in
+[-1, 1] to ``{"pool_3": features, "logits": logits}``, the interface
+:class:`evonorm_gan.evaluation.Classifier` reads. Its features are the 64-d
+input of its last layer; its accuracy on the validation digits is printed
+when it is trained and kept beside it (``accuracy.txt``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,22 @@ CACHE_DIR = os.path.join(os.path.expanduser("~"), "evonorm_data",
                          "digits_classifier")
 
 
-def _digits(resolution: int):
-  images, labels = data_lib.digits_arrays()
+def images_and_labels(dataset: str, split: str, resolution: int):
+  """A split of an offline dataset as the GAN sees it: float images in
+  [-1, 1] at ``resolution`` (RGB) and int32 labels."""
+  images, labels = data_lib.offline_arrays(dataset, split)
   images = tf.map_fn(lambda x: data_lib.resize_and_crop(x, resolution),
                      tf.constant(images), fn_output_signature=tf.float32)
   return images.numpy(), labels
+
+
+def real_images(dataset: str, resolution: int = 32,
+                split: str = "validation"):
+  """Real digits as uint8 RGB images and their labels (FID's reference set
+  and class agreement's sanity check)."""
+  images, labels = images_and_labels(dataset, split, resolution)
+  uint8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return uint8, labels
 
 
 class _Serving(tf.Module):
@@ -45,37 +59,40 @@ class _Serving(tf.Module):
     return {"pool_3": pool, "logits": self.classifier(pool)}
 
 
-def train_and_save(path: str, resolution: int = 32, epochs: int = 8,
-                   seed: int = 0) -> float:
-  """Trains the classifier, writes the SavedModel; returns its accuracy on
-  held-out digits."""
+def train_and_save(path: str, dataset: str = "mnist5k", resolution: int = 32,
+                   epochs: int = 8, seed: int = 0) -> float:
+  """Trains the classifier on the training split, writes the SavedModel;
+  returns its accuracy on the validation split."""
   tf_keras.utils.set_random_seed(seed)
-  images, labels = _digits(resolution)
-  order = np.random.default_rng(seed).permutation(len(labels))
-  train, test = order[:1500], order[1500:]
+  train_x, train_y = images_and_labels(dataset, "train", resolution)
+  val_x, val_y = images_and_labels(dataset, "validation", resolution)
+  layers = tf_keras.layers
   features = tf_keras.Sequential([
-      tf_keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-      tf_keras.layers.MaxPool2D(),
-      tf_keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-      tf_keras.layers.MaxPool2D(),
-      tf_keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-      tf_keras.layers.GlobalAveragePooling2D(),
-      tf_keras.layers.Dense(64, activation="relu"),
+      layers.Conv2D(32, 3, padding="same", activation="relu"),
+      layers.MaxPool2D(),
+      layers.Conv2D(64, 3, padding="same", activation="relu"),
+      layers.MaxPool2D(),
+      layers.Conv2D(128, 3, padding="same", activation="relu"),
+      layers.MaxPool2D(),
+      layers.Flatten(),
+      layers.Dropout(0.3),
+      layers.Dense(64, activation="relu"),
   ])
   classifier = tf_keras.layers.Dense(10)
   model = tf_keras.Sequential([features, classifier])
-  model.compile(tf_keras.optimizers.Adam(2e-3),
+  model.compile(tf_keras.optimizers.Adam(1e-3),
                 tf_keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True), metrics=["accuracy"])
-  model.fit(images[train], labels[train], batch_size=64, epochs=epochs,
-            verbose=0)
-  accuracy = float(model.evaluate(images[test], labels[test], verbose=0)[1])
+  model.fit(train_x, train_y, batch_size=64, epochs=epochs, verbose=0)
+  accuracy = float(model.evaluate(val_x, val_y, verbose=0)[1])
   module = _Serving(features, classifier, resolution)
   # Written aside and renamed: parallel workers that train it at the same
   # time leave one complete copy.
   staging = f"{path}.tmp{os.getpid()}"
   tf.saved_model.save(module, staging,
                       signatures={"serving_default": module.serve})
+  with open(os.path.join(staging, "accuracy.txt"), "w") as f:
+    f.write(f"{accuracy:.4f}\n")
   try:
     os.rename(staging, path)
   except OSError:
@@ -85,16 +102,12 @@ def train_and_save(path: str, resolution: int = 32, epochs: int = 8,
   return accuracy
 
 
-def cached(resolution: int = 32, cache_dir: str = CACHE_DIR) -> str:
+def cached(dataset: str = "mnist5k", resolution: int = 32,
+           cache_dir: str = CACHE_DIR) -> str:
   """The classifier's SavedModel path, trained on first use."""
-  path = os.path.join(os.path.expanduser(cache_dir), f"res{resolution}")
+  path = os.path.join(os.path.expanduser(cache_dir),
+                      f"{dataset}_res{resolution}")
   if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
     tf.io.gfile.makedirs(os.path.dirname(path))
-    train_and_save(path, resolution)
+    train_and_save(path, dataset, resolution)
   return path
-
-
-def real_images(resolution: int = 32) -> np.ndarray:
-  """The digits as uint8 images at ``resolution`` (FID's reference set)."""
-  images, _ = _digits(resolution)
-  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -134,6 +134,17 @@ def inception_score(logits: np.ndarray) -> float:
   return float(np.exp(np.mean(kl)))
 
 
+def class_agreement(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The fraction of samples a classifier labels as the class they were
+  conditioned on: does a class-conditional generator draw the class it is
+  asked for? (IS and FID cannot tell: a generator that draws a perfect 7
+  when asked for a 3 scores as well.)"""
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  if len(logits) != len(labels):
+    raise ValueError(f"{len(logits)} logits but {len(labels)} labels.")
+  return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
 def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
   values, vectors = np.linalg.eigh(matrix)
   return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
@@ -240,17 +251,23 @@ def evaluate(generator, classifier: Classifier, real_images: np.ndarray,
              num_samples: int, batch_size: int, num_classes: int,
              truncation: float | None = None,
              standing_statistics_batches: int = 0, seed: int = 0) -> dict:
-  """Standing statistics (if asked), then IS of samples and FID to reals."""
+  """Standing statistics (if asked), then IS of samples, FID to reals and,
+  when the classifier knows the generator's classes (the digits classifier,
+  not Inception's 1008 ImageNet outputs), class agreement. The samples'
+  labels cycle through the classes (100 per class of 1000 digits)."""
   if standing_statistics_batches:
     accumulate_standing_statistics(generator, standing_statistics_batches,
                                    batch_size, num_classes, truncation, seed)
-  fakes, _ = sample(generator, num_samples, batch_size, num_classes,
-                    truncation, seed=seed + 1)
+  fakes, labels = sample(generator, num_samples, batch_size, num_classes,
+                         truncation, seed=seed + 1)
   fake_pool, fake_logits = classifier(fakes)
   real_pool, _ = classifier(real_images)
-  return {"IS": inception_score(fake_logits),
-          "FID": frechet_distance(fake_pool, real_pool),
-          "num_samples": int(num_samples)}
+  results = {"IS": inception_score(fake_logits),
+             "FID": frechet_distance(fake_pool, real_pool),
+             "num_samples": int(num_samples)}
+  if fake_logits.shape[-1] == num_classes:
+    results["class_agreement"] = class_agreement(fake_logits, labels)
+  return results
 
 
 def save_png(image: np.ndarray, path: str):

@@ -54,24 +54,50 @@ class _SpectralNorm:
 
 @_serializable
 class SNConv2D(_SpectralNorm, tf_keras.layers.Conv2D):
-  """``Conv2D`` with a spectrally normalized kernel (orthogonal init)."""
+  """``Conv2D`` with a spectrally normalized kernel (orthogonal init).
 
-  def __init__(self, filters, kernel_size, **kwargs):
+  ``kept_channels``: the layer outputs only the first ``kept_channels`` of
+  its ``filters`` output channels (BigGAN-deep's output layer is a
+  128-channel convolution of which the image keeps 3). The spectral norm is
+  still that of the whole kernel, so the dropped channels' weights shape the
+  output through ``sigma``; only the kept channels are convolved, which gives
+  the same outputs and gradients as convolving all and slicing.
+  """
+
+  def __init__(self, filters, kernel_size, kept_channels: int | None = None,
+               **kwargs):
     kwargs.setdefault("padding", "same")
     kwargs.setdefault("kernel_initializer", ORTHOGONAL)
     super().__init__(filters, kernel_size, **kwargs)
+    if kept_channels is not None and not 0 < kept_channels <= filters:
+      raise ValueError(f"`kept_channels` must be in [1, filters={filters}]. "
+                       f"Received: kept_channels={kept_channels}")
+    self.kept_channels = kept_channels
 
   def build(self, input_shape):
     super().build(input_shape)
     self._build_u(self.kernel)
 
   def call(self, inputs, training=None):
-    outputs = self.convolution_op(
-        inputs, self.spectral_kernel(self.kernel, _resolve_training(training)))
-    if self.use_bias:
-      outputs = tf.nn.bias_add(outputs, self.bias,
+    kernel = self.spectral_kernel(self.kernel, _resolve_training(training))
+    bias = self.bias if self.use_bias else None
+    if self.kept_channels is not None:
+      kernel = kernel[..., :self.kept_channels]
+      bias = None if bias is None else bias[:self.kept_channels]
+    outputs = self.convolution_op(inputs, kernel)
+    if bias is not None:
+      outputs = tf.nn.bias_add(outputs, bias,
                                data_format=self._tf_data_format)
     return outputs
+
+  def compute_output_shape(self, input_shape):
+    shape = super().compute_output_shape(input_shape)
+    if self.kept_channels is None:
+      return shape
+    return tf.TensorShape(shape[:-1] + [self.kept_channels])
+
+  def get_config(self):
+    return {**super().get_config(), "kept_channels": self.kept_channels}
 
 
 @_serializable

@@ -9,8 +9,9 @@ the published one (as in the authors' BigGAN-PyTorch ``BigGANdeep.py``):
   split ``z``) feeds a linear layer to ``4 x 4 x 16ch`` and every conditional
   norm; two bottleneck residual blocks per resolution (the second upsamples
   by 2, nearest), channel multipliers from ``G_ARCH``; a non-local block at
-  64x64; then an unconditional norm-activation, a 3x3 convolution to RGB and
-  ``tanh``. A block is ``norm-act, 1x1 (to a quarter width), norm-act,
+  64x64; then an unconditional norm-activation, a 3x3 convolution to 128
+  channels of which the first 3 are the image (as in ``BigGANdeep.py``; its
+  spectral norm is over all 128), and ``tanh``. A block is ``norm-act, 1x1 (to a quarter width), norm-act,
   [upsample], 3x3, norm-act, 3x3, norm-act, 1x1``; its skip keeps the first
   output channels and upsamples.
 * **Discriminator**: a 3x3 convolution, two bottleneck residual blocks per
@@ -52,6 +53,9 @@ D_ARCH = {
 }
 BLOCKS_PER_STAGE = 2
 BOTTLENECK = 4
+# BigGAN-PyTorch's output layer (BigGANdeep.py): a 3x3 convolution to 128
+# channels whatever ch is, of which the image keeps the first 3.
+OUTPUT_CONV_CHANNELS = 128
 
 
 def check_resolution(resolution: int):
@@ -146,7 +150,8 @@ class Generator(tf_keras.Model):
         stage.append(gan_layers.SelfAttention(name=f"stage{i}_attention"))
       self.stages.append(stage)
     self.output_norm = norm(name="output_norm")
-    self.output_conv = gan_layers.SNConv2D(3, 3, name="output_conv")
+    self.output_conv = gan_layers.SNConv2D(
+        OUTPUT_CONV_CHANNELS, 3, kept_channels=3, name="output_conv")
 
   def call(self, inputs, training=None):
     z, labels = inputs

