@@ -27,14 +27,14 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+
+import parallel_runs  # noqa: E402  (bench/)
 
 FLAGS = flags.FLAGS
 DATASET = "mnist5k"
@@ -69,6 +69,9 @@ flags.DEFINE_string("output_dir", "runs/small_batch", "Runs, results.json "
                     "and the plot.")
 flags.DEFINE_integer("parallel", 2, "Runs at once.", lower_bound=1)
 flags.DEFINE_string("run", None, "(internal) One run's spec, as JSON.")
+# The settings every run reads from its own flags.
+PASSED = ("epochs", "base_learning_rate", "searched_layers", "params_override",
+          "output_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +124,8 @@ def searched_names(path: str) -> list[str]:
 
 def run_one(run: Run, output_dir: str, threads: int) -> dict:
   """Trains and evaluates one run; returns its result."""
+  parallel_runs.set_threads(threads)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
-  tf.config.threading.set_inter_op_parallelism_threads(threads)
   if run.replicas > 1:
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
@@ -154,65 +156,14 @@ def run_one(run: Run, output_dir: str, threads: int) -> dict:
   strategy = (tf.distribute.MirroredStrategy(
       [f"/cpu:{i}" for i in range(run.replicas)]) if run.replicas > 1
               else None)
-  model_dir = os.path.join(output_dir, "runs", run.name)
   start = time.time()
-  logs = run_training.train_and_evaluate(params, model_dir, desc=run.name,
-                                         strategy=strategy, progress=False)
+  logs = run_training.train_and_evaluate(
+      params, os.path.join(output_dir, "models", run.name), desc=run.name,
+      strategy=strategy, progress=False)
   return {**dataclasses.asdict(run), "name": run.name,
           "accuracy": float(logs["accuracy"]),
           "steps": int(params.trainer.train_steps),
           "minutes": (time.time() - start) / 60}
-
-
-# -- the benchmark -------------------------------------------------------------
-
-
-def _result_path(run: Run) -> str:
-  return os.path.join(FLAGS.output_dir, "runs", f"{run.name}.json")
-
-
-def run_all(runs: list[Run]) -> list[dict]:
-  """Runs what has no result yet, ``--parallel`` processes at a time."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  todo = [r for r in runs if not os.path.exists(_result_path(r))]
-  threads = max(1, (os.cpu_count() or 2) // FLAGS.parallel)
-  os.makedirs(os.path.join(FLAGS.output_dir, "runs"), exist_ok=True)
-  passed = [f"--{name}={FLAGS[name].serialize().split('=', 1)[1]}"
-            for name in ("epochs", "base_learning_rate", "searched_layers",
-                         "params_override", "output_dir")]
-  running = {}
-  bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run",
-             desc="small batches", dynamic_ncols=True)
-  try:
-    while todo or running:
-      while todo and len(running) < FLAGS.parallel:
-        run = todo.pop(0)
-        log = open(os.path.join(FLAGS.output_dir, "runs", f"{run.name}.log"),
-                   "w")
-        spec = json.dumps({**dataclasses.asdict(run), "threads": threads})
-        running[run] = (subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), f"--run={spec}",
-             *passed], stdout=log, stderr=subprocess.STDOUT), log)
-      time.sleep(1)
-      for run, (process, log) in list(running.items()):
-        if process.poll() is None:
-          continue
-        log.close()
-        del running[run]
-        if process.returncode:
-          with open(log.name) as f:
-            last = (f.read().strip().splitlines() or ["(no output)"])[-1]
-          raise RuntimeError(f"run {run.name} failed ({log.name}): {last}")
-        bar.update(1)
-  finally:
-    bar.close()
-    for process, _ in running.values():
-      process.kill()
-  results = []
-  for run in runs:
-    with open(_result_path(run)) as f:
-      results.append(json.load(f))
-  return results
 
 
 def _spread(values) -> str:
@@ -290,20 +241,21 @@ def plot(results: list[dict], path: str):
 
 def main(argv):
   del argv
+  runs_dir = os.path.join(FLAGS.output_dir, "runs")
   if FLAGS.run:
-    spec = json.loads(FLAGS.run)
-    threads = spec.pop("threads")
+    spec, threads = parallel_runs.read_spec(FLAGS.run)
     run = Run(**spec)
-    result = run_one(run, FLAGS.output_dir, threads)
-    path = _result_path(run)
-    with open(path + ".tmp", "w") as f:
-      json.dump(result, f)
-    os.replace(path + ".tmp", path)  # a killed run leaves no result
+    parallel_runs.write_result(runs_dir, run.name,
+                               run_one(run, FLAGS.output_dir, threads))
     return
   from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     runs = plan()
-  results = run_all(runs)
+  by_name = parallel_runs.run_all(
+      {r.name: dataclasses.asdict(r) for r in runs}, __file__,
+      parallel_runs.passed_flags(FLAGS, PASSED), runs_dir, FLAGS.parallel,
+      "small batches")
+  results = list(by_name.values())
   with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
     json.dump({"epochs": FLAGS.epochs,
                "base_learning_rate": FLAGS.base_learning_rate,

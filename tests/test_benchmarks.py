@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -10,6 +11,13 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_PATH = pathlib.Path(REPO)
+# The GAN quickstart's experiment, narrow and two steps long.
+GAN_TINY = ("generator.ch=4,discriminator.ch=4,data.global_batch_size=8,"
+            "data.source=digits,trainer.train_steps=2,trainer.steps_per_loop=2,"
+            "trainer.summary_interval=2,trainer.checkpoint_interval=2,"
+            "trainer.image_summary_interval=2,evaluation.num_samples=40,"
+            "evaluation.batch_size=20,evaluation.standing_statistics_batches=2")
 
 
 def _run(script, *flags, timeout=600):
@@ -123,3 +131,62 @@ def test_gan_step_time():
                 "--ch=4", "--batch_size=2", "--rounds=1",
                 "--steps_per_round=1")
   assert "| bn_relu |" in result.stdout and "1.00x" in result.stdout
+
+
+def test_small_batch(tmp_path):
+  """Every kind of run once (a batch size, per-replica against synchronized
+  statistics on 2 replicas, a searched layer), a few steps each; killed
+  runs are resumed, finished ones kept."""
+  searched = json.loads((REPO_PATH / "docs" /
+                         "search_quality_best_layers.json").read_text())
+  name = sorted(searched)[0]
+  layers_file = tmp_path / "best_layers.json"
+  layers_file.write_text(json.dumps({name: searched[name]}))
+  flags = [f"--output_dir={tmp_path / 'out'}", "--layers=bn_relu",
+           "--batch_sizes=2", "--seeds=0", "--epochs=1",
+           "--sync_layers=evonorm_b0", "--sync_batch=2", "--replicas=2",
+           f"--searched_layers={layers_file}", "--searched_batches=4",
+           "--params_override=trainer.train_steps=2,"
+           "trainer.steps_per_loop=1,trainer.validation_interval=2,"
+           "trainer.validation_steps=1,"
+           "task.validation_data.global_batch_size=8"]
+  result = _run("small_batch.py", *flags, timeout=900)
+  results = json.loads((tmp_path / "out" / "results.json").read_text())
+  runs = {r["name"]: r for r in results["results"]}
+  assert set(runs) == {"bn_relu_b2x1_seed0", "evonorm_b0_b2x2_local_seed0",
+                       "evonorm_b0_b2x2_sync_seed0", f"{name}_b4x1_seed0"}
+  assert all(0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 2
+             for r in runs.values())
+  assert runs["evonorm_b0_b2x2_sync_seed0"]["synchronized"]
+  assert (tmp_path / "out" / "small_batch.png").stat().st_size > 0
+  assert "| bn_relu |" in result.stdout and f"| {name} |" in result.stdout
+  assert "per-replica statistics | synchronized statistics" in result.stdout
+  again = _run("small_batch.py", *flags, timeout=300)
+  assert "4/4" in again.stderr  # every run found finished, none redone
+
+
+def test_gan_quality(tmp_path):
+  result = _run("gan_quality.py", f"--output_dir={tmp_path}",
+                "--layers=evonorm_s0", "--seeds=0", "--parallel=1",
+                "--params_override=" + GAN_TINY, timeout=900)
+  (run,) = json.loads((tmp_path / "results.json").read_text())
+  assert run["layer"] == "evonorm_s0" and run["steps"] == 2
+  assert 0.0 <= run["class_agreement"] <= 1.0 and np.isfinite(run["FID"])
+  assert run["IS"] >= 1.0
+  assert (tmp_path / "gan_quality.png").stat().st_size > 0
+  assert "| evonorm_s0 |" in result.stdout
+
+
+def test_detection_quality(tmp_path):
+  result = _run("detection_quality.py", f"--output_dir={tmp_path}",
+                "--layers=evonorm_s0", "--seeds=0", "--parallel=1",
+                "--replicas=2", "--per_replica=2",
+                "--params_override=trainer.train_steps=2,"
+                "trainer.steps_per_loop=1,trainer.validation_interval=2,"
+                "trainer.validation_steps=1", timeout=900)
+  (run,) = json.loads((tmp_path / "results.json").read_text())
+  assert run["layer"] == "evonorm_s0" and run["steps"] == 2
+  assert -1.0 <= run["box_ap"] <= 1.0 and -1.0 <= run["mask_ap"] <= 1.0
+  assert run["objects"] > 0 and 0 <= run["found"] <= run["objects"]
+  assert np.asarray(run["confusion"]).shape == (4, 4)
+  assert "| evonorm_s0 |" in result.stdout

@@ -282,6 +282,12 @@ def test_quickstart_trains_evaluates_exports_and_draws(tmp_path):
   assert len(row) == 1, result.stdout
   cells = [c.strip() for c in row[0].strip("|").split("|")]
   assert -1.0 <= float(cells[1]) <= 1.0 and -1.0 <= float(cells[2]) <= 1.0
+  found, objects = map(int, cells[3].split("/"))
+  with open(shapes.annotation_file(os.path.join(workdir, "data"))) as f:
+    assert objects == len(json.load(f)["annotations"]) and found <= objects
+  # The class confusion over every validation object, one row per class.
+  for name in ("rectangle", "ellipse", "triangle", "(no object)"):
+    assert any(l.startswith(f"| {name} |") for l in result.stdout.splitlines())
   assert os.path.getsize(os.path.join(workdir, "predictions.png")) > 0
   assert "train | step" not in result.stdout  # logs go to train.log
   with open(shapes.annotation_file(os.path.join(workdir, "data"))) as f:

@@ -14,6 +14,7 @@ import tensorflow as tf
 from official.common import distribute_utils
 
 import evonorm_layers
+from evonorm_gan import digits_classifier
 from evonorm_gan import evaluation
 from evonorm_gan import export
 from evonorm_gan import models
@@ -24,9 +25,10 @@ from tests.conftest import NUM_LOGICAL_CPUS
 
 TABLE6_LAYERS = ["bn_relu", "evonorm_b0", "evonorm_s0", "gn_relu", "ln_relu",
                  "pixelnorm_relu"]
-DIGITS = "evonorm_biggan_deep_digits32"
+MNIST32 = "evonorm_biggan_deep_mnist32"
 # Narrow and short: batches of 8, checkpoints every 2 steps.
 TINY = ("generator.ch=4,discriminator.ch=4,data.global_batch_size=8,"
+        "data.source=digits,"
         "trainer.steps_per_loop=2,trainer.summary_interval=2,"
         "trainer.checkpoint_interval=2,trainer.image_summary_interval=2,"
         "evaluation.num_samples=40,evaluation.batch_size=20,"
@@ -34,11 +36,18 @@ TINY = ("generator.ch=4,discriminator.ch=4,data.global_batch_size=8,"
 
 
 def test_published_parameter_counts_at_128():
-  """BigGAN-deep 128, ch 128, 1000 classes, BN-ReLU: 50.4M (G), 34.6M (D)."""
+  """BigGAN-deep 128, ch 128, 1000 classes, BN-ReLU: 50.39M (G) and 34.59M
+  (D), BigGAN-PyTorch's layout (published: 50.4M and 34.6M)."""
   g = models.build(models.Generator(128, 128, 1000, "bn_relu"))
   d = models.build(models.Discriminator(128, 128, 1000))
-  assert abs(models.trainable_parameter_count(g) / 50.4e6 - 1) < 0.01
-  assert abs(models.trainable_parameter_count(d) / 34.6e6 - 1) < 0.01
+  assert round(models.trainable_parameter_count(g) / 1e4) == 5039
+  assert round(models.trainable_parameter_count(d) / 1e4) == 3459
+  # The output layer: a 3x3 convolution from the last stage's width to 128
+  # channels (147,584 parameters), of which the image keeps 3.
+  assert g.output_conv.kernel.shape == (3, 3, 128, 128)
+  assert g.output_conv.bias.shape == (128,)
+  assert sum(int(tf.size(v)) for v in g.output_conv.trainable_variables) == (
+      147_584)
   # Every generator norm site takes the layer; blocks are conditional.
   norms = g.norm_layers()
   assert len(norms) == 10 * 4 + 1
@@ -52,7 +61,7 @@ def test_each_table6_layer_trains(layer, tmp_path):
   training) for EvoNorm-B0, eagerly for the others (tracing the loop takes
   about a minute per layer on this CPU)."""
   config = train_lib.load_config(
-      DIGITS, (), f"{TINY},norm_activation.type={layer}")
+      MNIST32, (), f"{TINY},norm_activation.type={layer}")
   strategy = distribute_utils.get_distribution_strategy("one_device")
   trainer = trainer_lib.GANTrainer(config, strategy, str(tmp_path))
   norms = trainer.generator.norm_layers()
@@ -73,6 +82,37 @@ def test_each_table6_layer_trains(layer, tmp_path):
   # Before ema_start the EMA generator is a copy of the generator.
   for a, b in zip(ema, after):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_kept_channels_equal_the_full_convolution_sliced():
+  """SNConv2D(kept_channels=3) convolves only the kept channels, with the
+  spectral norm of the whole kernel: outputs and gradients equal a full
+  128-channel convolution whose first 3 channels are kept."""
+  from evonorm_gan import layers as gan_layers  # pylint: disable=g-import-not-at-top
+  x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 16)),
+                  tf.float32)
+  kept = gan_layers.SNConv2D(128, 3, kept_channels=3)
+  full = gan_layers.SNConv2D(128, 3)
+  kept(x, training=False), full(x, training=False)
+  for a, b in zip(full.variables, kept.variables):
+    a.assign(b)
+  results = []
+  for layer, view in ((kept, lambda y: y), (full, lambda y: y[..., :3])):
+    with tf.GradientTape() as tape:
+      y = view(layer(x, training=True))
+      loss = tf.reduce_sum(tf.sin(y))
+    results.append((y, tape.gradient(loss, [layer.kernel, layer.bias])))
+  (y_kept, g_kept), (y_full, g_full) = results
+  assert y_kept.shape == (2, 8, 8, 3)
+  np.testing.assert_allclose(y_kept, y_full, rtol=1e-5, atol=1e-6)
+  for a, b in zip(g_kept, g_full):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The dropped channels shape the output through sigma only.
+  assert np.abs(g_kept[0][..., 3:]).max() > 0
+  assert kept.compute_output_shape((2, 8, 8, 16)) == (2, 8, 8, 3)
+  with pytest.raises(ValueError, match=r"`kept_channels` must be in \[1, "
+                     r"filters=128\]. Received: kept_channels=200"):
+    gan_layers.SNConv2D(128, 3, kept_channels=200)
 
 
 def _generator_on_replicas(name):
@@ -170,6 +210,35 @@ def test_inception_score_and_fid_match_numpy_and_scipy():
   assert abs(evaluation.frechet_distance(a, a)) < 1e-6
 
 
+@pytest.fixture(scope="module")
+def mnist_classifier(tmp_path_factory):
+  """The digits classifier of mnist5k at 32x32, trained once per module."""
+  path = str(tmp_path_factory.mktemp("classifier") / "mnist5k_res32")
+  accuracy = digits_classifier.train_and_save(path, "mnist5k", 32)
+  return path, accuracy
+
+
+def test_class_agreement_of_real_and_shuffled_digits(mnist_classifier):
+  """The metric itself: real validation digits agree with their labels (the
+  classifier's accuracy), the same digits with shuffled labels at chance."""
+  path, accuracy = mnist_classifier
+  classifier = evaluation.Classifier(path)
+  images, labels = digits_classifier.real_images("mnist5k", 32)
+  assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(labels), [100] * 10)
+  pool, logits = classifier(images)
+  assert pool.shape == (1000, 64) and logits.shape == (1000, 10)
+  agreement = evaluation.class_agreement(logits, labels)
+  assert agreement >= 0.9
+  assert abs(agreement - accuracy) < 0.005  # the SavedModel is the model
+  shuffled = np.random.default_rng(0).permutation(labels)
+  assert abs(evaluation.class_agreement(logits, shuffled) - 0.1) < 0.03
+  with open(os.path.join(path, "accuracy.txt")) as f:
+    assert abs(float(f.read()) - accuracy) < 1e-4
+  with pytest.raises(ValueError, match="1000 logits but 999 labels"):
+    evaluation.class_agreement(logits, labels[1:])
+
+
 def _stand_in_graph_def(path):
   """A tiny network with the standard Inception tensor names: images at
   ``Mul:0`` (fixed batch 1, as the real graph), ``pool_3:0``, ``logits:0``."""
@@ -219,7 +288,7 @@ def test_export_signature(tmp_path):
 
 def _gan_train(model_dir, overrides, *extra):
   return subprocess.run(
-      [sys.executable, "-m", "evonorm_gan.train", f"--experiment={DIGITS}",
+      [sys.executable, "-m", "evonorm_gan.train", f"--experiment={MNIST32}",
        f"--model_dir={model_dir}", f"--params_override={overrides}",
        "--noprogress", "--run_eagerly", *extra],
       capture_output=True, text=True, timeout=900, check=False)
@@ -232,8 +301,7 @@ def test_entry_point_trains_resumes_and_evaluates(tmp_path):
   exports the EMA generator."""
   model_dir = str(tmp_path / "gan")
   classifier = str(tmp_path / "classifier")
-  from evonorm_gan import digits_classifier  # pylint: disable=g-import-not-at-top
-  digits_classifier.train_and_save(classifier, 32, epochs=1)
+  digits_classifier.train_and_save(classifier, "digits", 32, epochs=1)
   first = _gan_train(model_dir, f"{TINY},trainer.train_steps=2")
   assert first.returncode == 0, first.stderr[-3000:]
   assert tf.train.latest_checkpoint(model_dir).endswith("-2")
@@ -248,6 +316,7 @@ def test_entry_point_trains_resumes_and_evaluates(tmp_path):
     results = json.load(f)
   assert results["step"] == 4 and np.isfinite(results["FID"])
   assert results["IS"] >= 1.0
+  assert 0.0 <= results["class_agreement"] <= 1.0
   assert os.path.exists(os.path.join(model_dir, "samples_step4.png"))
   tags = set()
   for path in tf.io.gfile.glob(os.path.join(model_dir, "*", "events.*")):
@@ -295,8 +364,10 @@ def test_quickstart_draws_digits_and_reports_fid(tmp_path):
           if l.startswith("| bn_relu |") or l.startswith("| evonorm_b0 |")]
   assert len(rows) == 2, result.stdout
   for row in rows:
-    fid = float(row.split("|")[2])
-    assert np.isfinite(fid) and fid >= 0
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert 0.0 <= float(cells[1]) <= 1.0  # class agreement
+    assert np.isfinite(float(cells[2])) and float(cells[2]) >= 0  # FID
+  assert "Real validation digits: class agreement" in result.stdout
   for layer in ("bn_relu", "evonorm_b0"):
     assert os.path.getsize(os.path.join(workdir, layer, "samples.png")) > 0
   assert os.path.getsize(os.path.join(workdir, "compare.png")) > 0

@@ -332,7 +332,8 @@ def test_quickstart_compare_shows_progress_and_a_table(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "evonorm_vision.quickstart", f"--workdir={workdir}",
        "--epochs=1", "--layers=bn_relu,evonorm_s0",
-       f"--params_override={FAST},task.model.norm_activation.groups=4"],
+       f"--params_override={FAST},task.model.norm_activation.groups=4,"
+       "trainer.train_steps=4"],
       capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   table = [l for l in result.stdout.splitlines() if l.startswith("| ")]

@@ -96,3 +96,24 @@ def test_tfrecords_read_by_the_model_garden_task(tmp_path):
     np.testing.assert_allclose(pixels[..., channel], want, atol=0.5)
   # Written once: a second call finds the files and keeps them.
   assert offline_data.write_tfrecords("mnist5k", str(tmp_path)) == patterns
+
+
+def test_search_proxy_data_from_mnist5k():
+  """--dataset=mnist5k: the search trains on 3000 and validates on 1000 of
+  the training split (drawn by its seed); the fixed validation split is its
+  held-out set, seen only when re-ranking."""
+  from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
+  data = proxies.load_data(proxies.ProxyConfig(dataset="mnist5k",
+                                               image_size=16, seed=1))
+  assert data.name == "mnist5k"
+  assert [len(s[1]) for s in (data.train, data.validation, data.held_out)
+          ] == [3000, 1000, 1000]
+  assert data.train[0].shape[1:] == (16, 16, 3)
+  assert data.train[0].dtype == np.uint8
+  _, held_labels = datasets.load("mnist5k", "validation")
+  np.testing.assert_array_equal(data.held_out[1], held_labels)
+  train_rows = _rows(data.train[0]) | _rows(data.validation[0])
+  assert not train_rows & _rows(data.held_out[0])
+  other = proxies.load_data(proxies.ProxyConfig(dataset="mnist5k",
+                                                image_size=16, seed=2))
+  assert not np.array_equal(other.validation[1], data.validation[1])

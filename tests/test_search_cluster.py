@@ -242,8 +242,9 @@ def test_search_on_a_cluster_survives_a_node_killed_midway(tmp_path,
     search = subprocess.Popen(
         _search(f"--output_dir={output_dir}", f"--address={address}",
                 f"--max_candidates={MAX_CANDIDATES}",
-                # No baseline phase: the held candidate must be a search's.
-                "--baselines=", *TINY),
+                # No baseline phase (no baselines, a cold start): the held
+                # candidate must be a search's.
+                "--baselines=", "--seed_layers=", *TINY),
         env=env, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True)
   try:

@@ -75,12 +75,28 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   # The worker evaluating candidate 1 died once; Ray retried the task.
   assert os.path.exists(marker)
   assert ids.count(1) == 1
-  for name in ("report.md", "best_layers.json", "figure2_random_layers.png",
-               "figure6_progress.png", "pareto_front.png", "state.json"):
+  for name in ("report.md", "best_layers.json", "state.json"):
     assert os.path.getsize(os.path.join(output_dir, name)) > 0, name
   with open(os.path.join(output_dir, "report.md")) as f:
     text = f.read()
   assert "Candidates evaluated: 8" in text
+  # Evolution starts warm by default: BN-ReLU and EvoNorm-B0 first, and
+  # neither is ever reported as a found layer.
+  assert [r["origin"] for r in sorted(records, key=lambda r: r["id"])[:2]
+          ] == ["seed", "seed"]
+  assert "seeded with bn_relu, evonorm_b0" in text
+  with open(os.path.join(output_dir, "best_layers.json")) as f:
+    found = json.load(f)
+  seeds = {r["fingerprint"] for r in records if r["origin"] == "seed"}
+  assert not {f"searched_{s}" for s in seeds} & set(found)
+  # A plot is drawn when it has something to show, else the report says
+  # why (no random layer is trained in a warm start).
+  for name in ("figure2_random_layers.png", "figure6_progress.png",
+               "pareto_front.png"):
+    drawn = os.path.exists(os.path.join(output_dir, name))
+    assert (f"]({name})" in text) == drawn, name
+    assert drawn == (name != "figure2_random_layers.png" and bool(found))
+  assert "No random layers' accuracy plot" in text
   # Each record has its worker's memory; the report sums it up.
   assert all(r["worker_rss_mib"] > 100 for r in records
              if r.get("cached_from") is None), records

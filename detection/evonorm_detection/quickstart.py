@@ -90,6 +90,41 @@ def validation_images(data_dir: str) -> np.ndarray:
 
 def serve(export_dir: str, images: np.ndarray, batch_size: int = 16):
   """The reloaded SavedModel's outputs on ``images``, as NumPy arrays."""
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  (input_name,) = served.structured_input_signature[1]
+  batches = [{k: v.numpy() for k, v in served(**{input_name: tf.constant(
+      images[i:i + batch_size])}).items()}
+             for i in range(0, len(images), batch_size)]
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def read_predictions(export_dir: str, data_dir: str):
+  """Every validation image, its ground truth and its kept detections (one
+  box per object), and the class confusion counts."""
+  images = validation_images(data_dir)
+  outputs = serve(export_dir, images)
+  truths = predictions.ground_truth(shapes.annotation_file(data_dir, "val"),
+                                    range(1, len(images) + 1))
+  kept = [predictions.kept_detections(outputs, i) for i in range(len(images))]
+  return images, truths, kept, predictions.confusion(truths, kept)
+
+
+def run(layer: str, workdir: str, epochs: int, params_override: str = "",
+        verbose: bool = False, steps: int | None = None) -> dict:
+  """Trains, evaluates, exports, reloads and draws; returns the results."""
+  data_dir = os.path.join(workdir, "data")
+  with cli.user_errors():  # bad names and overrides, before any work
+    params = experiment_params(layer, data_dir, epochs, params_override,
+                               steps)
+  shapes.write_shapes_dataset(data_dir)
+  model_dir = os.path.join(workdir, layer)
+  tf_keras.backend.clear_session()
+  logs = run_training.train_and_evaluate(params, model_dir, desc=layer,
+                                         verbose=verbose)
+  export_dir = os.path.join(workdir, "export", layer)
+  with run_training.logs_to(
+      None if verbose else os.path.join(model_dir, "train.log")):
+    export_saved_model.export(params, model_dir, export_dir)
   images, truths, kept, counts = read_predictions(export_dir, data_dir)
   picture = os.path.join(workdir, "predictions.png")
   predictions.draw(images[:PICTURED], truths[:PICTURED], kept[:PICTURED],
@@ -99,6 +134,7 @@ def serve(export_dir: str, images: np.ndarray, batch_size: int = 16):
               mask_ap=float(logs["mask_AP"]), confusion=counts.tolist(),
               **predictions.confusion_summary(counts),
               saved_model=export_dir, picture=picture)
+
 
 def main(argv):
   del argv
@@ -118,6 +154,7 @@ def main(argv):
   print(f"\nSavedModel: {r['saved_model']}\nPredictions: {r['picture']}\n"
         "(Toy shapes and minutes of training: a check of the pipeline, not "
         "a COCO result.)")
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -64,25 +64,37 @@ def offline_arrays(source: str, split: str = "train"):
   return images, labels.astype(np.int32)
 
 
+def offline_images(source: str, resolution: int, split: str = "train"):
+  """An offline dataset's split as the GAN sees it: float32 RGB images in
+  [-1, 1] at ``resolution`` and int32 labels, in memory."""
+  images, labels = offline_arrays(source, split)
+  images = tf.map_fn(lambda x: resize_and_crop(x, resolution),
+                     tf.constant(images), fn_output_signature=tf.float32)
+  return images.numpy(), labels
+
+
 def dataset(data_config, resolution: int, batch_size: int,
             input_context: tf.distribute.InputContext | None = None,
             seed: int | None = None) -> tf.data.Dataset:
   """Infinite, shuffled batches of ``(images [-1, 1], labels int32)``."""
   if data_config.source in OFFLINE_SOURCES:
-    images, labels = offline_arrays(data_config.source)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    # Small and in memory: resized once, not in every step's input.
+    ds = tf.data.Dataset.from_tensor_slices(
+        offline_images(data_config.source, resolution))
+    preprocess = None
   else:
     ds = tfds.load(data_config.tfds_name, split=data_config.split,
                    data_dir=data_config.tfds_data_dir or None,
                    download=False, shuffle_files=True)
     ds = ds.map(lambda ex: (ex[data_config.image_key],
                             ex[data_config.label_key]))
+    preprocess = lambda image, label: (resize_and_crop(image, resolution),
+                                       tf.cast(label, tf.int32))
   if input_context is not None:
     ds = ds.shard(input_context.num_input_pipelines,
                   input_context.input_pipeline_id)
   ds = ds.shuffle(data_config.shuffle_buffer_size, seed=seed).repeat()
-  ds = ds.map(lambda image, label: (resize_and_crop(image, resolution),
-                                    tf.cast(label, tf.int32)),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  if preprocess is not None:
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size, drop_remainder=True).prefetch(
       tf.data.AUTOTUNE)

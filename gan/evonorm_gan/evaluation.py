@@ -27,6 +27,7 @@ many sampled batches, recomputed on demand before evaluation.
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -66,13 +67,30 @@ def sample(generator, num: int, batch_size: int, num_classes: int,
   z_dim = generator.config_dict["z_dim"]
   if labels is None:
     labels = np.arange(num) % num_classes
-  call = tf.function(lambda z, y: generator([z, y], training=False))
+  call = inference_function(generator)
   images = []
   for start in range(0, num, batch_size):
     y = np.asarray(labels[start:start + batch_size], np.int32)
     z = truncated_noise(rng, len(y), z_dim, truncation)
     images.append(to_uint8(call(tf.constant(z), tf.constant(y)).numpy()))
   return np.concatenate(images), np.asarray(labels)
+
+
+_INFERENCE = weakref.WeakKeyDictionary()
+
+
+def inference_function(generator):
+  """``generator([z, labels], training=False)`` as one function traced once
+  per generator, for any batch size (image summaries during training and
+  every evaluation reuse it instead of tracing the generator again)."""
+  if generator not in _INFERENCE:
+    z_dim = generator.config_dict["z_dim"]
+    held = weakref.ref(generator)  # the cache must not keep it alive
+    _INFERENCE[generator] = tf.function(
+        lambda z, y: held()([z, y], training=False),
+        input_signature=[tf.TensorSpec([None, z_dim], tf.float32),
+                         tf.TensorSpec([None], tf.int32)])
+  return _INFERENCE[generator]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

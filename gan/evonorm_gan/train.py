@@ -86,7 +86,13 @@ def make_strategy(config) -> tf.distribute.Strategy:
 
 
 def reference_images(config, num: int) -> np.ndarray:
-  """``num`` real training images (uint8) for FID."""
+  """``num`` real images (uint8) for FID: training images, or an offline
+  dataset's validation split (1000 digits of mnist5k)."""
+  if config.data.source in data_lib.OFFLINE_SOURCES:
+    images, _ = data_lib.offline_images(config.data.source,
+                                        config.generator.resolution,
+                                        "validation")
+    return evaluation.to_uint8(images[:num])
   batch = min(num, 250)
   iterator = iter(data_lib.dataset(config.data, config.generator.resolution,
                                    batch, seed=1234))
@@ -115,8 +121,9 @@ def evaluate(trainer, config, model_dir: str, classifier=None,
     json.dump(results, f, indent=2)
   writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
   with writer.as_default(step=step):
-    tf.summary.scalar("IS", results["IS"])
-    tf.summary.scalar("FID", results["FID"])
+    for key in ("IS", "FID", "class_agreement"):
+      if key in results:
+        tf.summary.scalar(key, results[key])
   writer.flush()
   return results
 
