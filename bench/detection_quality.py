@@ -67,9 +67,9 @@ def data_dir() -> str:
 
 
 def params_for(layer: str, seed: int):
-  from evonorm_detection import quickstart  # pylint: disable=g-import-not-at-top
+  from evonorm_detection import quickstart_lib  # pylint: disable=g-import-not-at-top
   batch = FLAGS.replicas * FLAGS.per_replica
-  return quickstart.experiment_params(
+  return quickstart_lib.experiment_params(
       layer, data_dir(), FLAGS.epochs, ",".join(filter(None, [
           f"task.train_data.global_batch_size={batch}",
           f"task.validation_data.global_batch_size={batch}",
@@ -86,7 +86,7 @@ def run_one(layer: str, seed: int, threads: int) -> dict:
         [tf.config.LogicalDeviceConfiguration()] * FLAGS.replicas)
   import tf_keras  # pylint: disable=g-import-not-at-top
   from evonorm_detection import predictions  # pylint: disable=g-import-not-at-top
-  from evonorm_detection import quickstart  # pylint: disable=g-import-not-at-top
+  from evonorm_detection import quickstart_lib  # pylint: disable=g-import-not-at-top
   from evonorm_vision import export_saved_model  # pylint: disable=g-import-not-at-top
   from evonorm_vision import run_training  # pylint: disable=g-import-not-at-top
   params = params_for(layer, seed)
@@ -102,7 +102,7 @@ def run_one(layer: str, seed: int, threads: int) -> dict:
   export_dir = os.path.join(FLAGS.output_dir, "export", name)
   with run_training.logs_to(os.path.join(model_dir, "train.log")):
     export_saved_model.export(params, model_dir, export_dir)
-  _, _, _, counts = quickstart.read_predictions(export_dir, data_dir())
+  _, _, _, counts = quickstart_lib.read_predictions(export_dir, data_dir())
   return {"layer": layer, "seed": seed, "box_ap": float(logs["AP"]),
           "mask_ap": float(logs["mask_AP"]), "box_ap50": float(logs["AP50"]),
           **predictions.confusion_summary(counts),
