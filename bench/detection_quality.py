@@ -15,7 +15,7 @@ objects are found and how often with the right class (one box per object,
 Each run is a process of its own (``--parallel`` at a time) and keeps its
 result in ``--output_dir/runs/NAME.json``: a killed benchmark started again
 redoes only unfinished runs. Writes ``results.json`` and prints a Markdown
-table: median over seeds (min-max).
+table (median over seeds, min-max) and ``detection_quality.png``.
 """
 
 from __future__ import annotations
@@ -125,6 +125,32 @@ def table(results: list[dict]) -> list[str]:
   return lines
 
 
+def plot(results: list[dict], path: str):
+  """Each metric per layer: every seed as a dot, the median as a bar."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  layers = list(dict.fromkeys(r["layer"] for r in results))
+  fig, axes = plt.subplots(1, len(METRICS), figsize=(2.6 * len(METRICS), 3.4),
+                           sharey=True)
+  for ax, (key, title) in zip(axes, METRICS):
+    for i, layer in enumerate(layers):
+      values = [r[key] for r in results if r["layer"] == layer]
+      ax.bar(i, statistics.median(values), color=f"C{i}", alpha=0.5)
+      ax.scatter([i] * len(values), values, color=f"C{i}", s=12, zorder=3)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+  fig.suptitle(f"Mask R-CNN on the generated shapes, {FLAGS.per_replica} "
+               "images per replica: median (bar) and seeds (dots)",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv):
   del argv
   runs_dir = os.path.join(FLAGS.output_dir, "runs")
@@ -147,6 +173,8 @@ def main(argv):
       FLAGS.parallel, "detection runs").values())
   with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
+  path = os.path.join(FLAGS.output_dir, "detection_quality.png")
+  plot(results, path)
   r0 = results[0]
   print(f"\nMask R-CNN on the generated shapes after {r0['steps']} steps at "
         f"{FLAGS.per_replica} images per replica on {FLAGS.replicas} "
@@ -157,7 +185,7 @@ def main(argv):
   print("\n".join(table(results)))
   minutes = sum(r["train_minutes"] for r in results)
   print(f"\n{len(results)} runs, {minutes:.0f} minutes of training in "
-        f"{FLAGS.parallel} processes.")
+        f"{FLAGS.parallel} processes. Plot: {path}")
 
 
 if __name__ == "__main__":

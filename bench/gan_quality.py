@@ -8,8 +8,8 @@ statistics, 1000 samples, 100 per class) with the digits classifier: class
 agreement (the fraction of samples it labels as the class they were drawn
 for), FID against the 1000 validation digits on its features, and IS.
 
-  python bench/gan_quality.py       # BN-ReLU, EvoNorm-B0, S0; 3 seeds each
-  python bench/gan_quality.py --layers=gn_relu,ln_relu,pixelnorm_relu
+  python bench/gan_quality.py      # Table 6's six layers, 3 seeds: ~50 min
+  python bench/gan_quality.py --layers=bn_relu,evonorm_b0,evonorm_s0
 
 Each run is a process of its own (``--parallel`` at a time, the cores split
 between them) and keeps its result in ``--output_dir/runs/NAME.json``, so a
@@ -38,9 +38,9 @@ EXPERIMENT = "evonorm_biggan_deep_mnist32"
 METRICS = (("class_agreement", "class agreement"),
            ("FID", "FID (lower is better)"), ("IS", "IS"))
 
-flags.DEFINE_list("layers", ["bn_relu", "evonorm_b0", "evonorm_s0"],
-                  "Generator layers (Table 6 also has gn_relu, ln_relu, "
-                  "pixelnorm_relu).")
+flags.DEFINE_list("layers", ["bn_relu", "evonorm_b0", "evonorm_s0",
+                             "gn_relu", "ln_relu", "pixelnorm_relu"],
+                  "Generator layers (Table 6's rows).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every layer.")
 flags.DEFINE_string("params_override", "", "Overrides of every run's "
                     "experiment (e.g. trainer.train_steps=N).")
@@ -124,9 +124,14 @@ def plot(results: list[dict], path: str):
   import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   layers = list(dict.fromkeys(r["layer"] for r in results))
-  fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.9),
+  columns = min(3, len(layers))
+  rows = -(-len(layers) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns,
+                                                   3.7 * rows + 0.4),
                            squeeze=False)
-  for ax, layer in zip(axes[0], layers):
+  for ax in axes.flat[len(layers):]:
+    ax.set_axis_off()
+  for ax, layer in zip(axes.flat, layers):
     run = median_run([r for r in results if r["layer"] == layer])
     ax.imshow(mpimg.imread(run["samples"]))
     ax.set_title(f"{layer} (seed {run['seed']})\nclass agreement "
@@ -134,7 +139,7 @@ def plot(results: list[dict], path: str):
                  fontsize=8)
     ax.set_axis_off()
   fig.suptitle("BigGAN-deep on mnist5k, one row per class (EMA generator; "
-               "the median seed of each layer)", fontsize=9)
+               "each layer's median seed by class agreement)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -149,6 +154,7 @@ def main(argv):
                                run_one(threads=threads, **spec))
     return
   from evonorm_gan import digits_classifier  # pylint: disable=g-import-not-at-top
+  from evonorm_gan import evaluation  # pylint: disable=g-import-not-at-top
   from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
   with cli.user_errors():  # bad layer names or overrides, before any run
     seeds = [int(s) for s in FLAGS.seeds]
@@ -172,8 +178,14 @@ def main(argv):
         "each (100 per class), measured with the digits classifier; median "
         "over seeds (min-max):\n")
   print("\n".join(table(results)))
+  real = digits_classifier.real_scores(
+      evaluation.Classifier(digits_classifier.cached(
+          config.data.source, config.generator.resolution, classifier_dir())),
+      config.data.source, config.generator.resolution)
+  print(f"\nReal validation digits: class agreement "
+        f"{real['class_agreement']:.3f}, IS {real['IS']:.2f}.")
   minutes = sum(r["train_minutes"] for r in results)
-  print(f"\n{len(results)} runs, {minutes:.0f} minutes of training in "
+  print(f"{len(results)} runs, {minutes:.0f} minutes of training in "
         f"{FLAGS.parallel} processes. Samples: {path}")
 
 

@@ -134,10 +134,8 @@ def run_one(run: Run, output_dir: str, threads: int) -> dict:
   from evonorm_vision import export_saved_model  # pylint: disable=g-import-not-at-top
   from evonorm_vision import run_training  # pylint: disable=g-import-not-at-top
   from evonorm_vision.configs import image_classification as experiments  # pylint: disable=g-import-not-at-top
-  from evonorm_vision.data import offline as offline_data  # pylint: disable=g-import-not-at-top
 
-  data_dir = os.path.join(output_dir, "data")
-  offline_data.write_tfrecords(DATASET, data_dir)
+  data_dir = os.path.join(output_dir, "data")  # written by main()
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={run.layer}",
       f"task.model.norm_activation.use_sync_bn={run.synchronized}",
@@ -249,8 +247,12 @@ def main(argv):
                                run_one(run, FLAGS.output_dir, threads))
     return
   from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
+  from evonorm_vision.data import offline as offline_data  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     runs = plan()
+  # Once, before the runs that read them (runs at once would race).
+  offline_data.write_tfrecords(DATASET,
+                               os.path.join(FLAGS.output_dir, "data"))
   by_name = parallel_runs.run_all(
       {r.name: dataclasses.asdict(r) for r in runs}, __file__,
       parallel_runs.passed_flags(FLAGS, PASSED), runs_dir, FLAGS.parallel,

@@ -189,4 +189,5 @@ def test_detection_quality(tmp_path):
   assert -1.0 <= run["box_ap"] <= 1.0 and -1.0 <= run["mask_ap"] <= 1.0
   assert run["objects"] > 0 and 0 <= run["found"] <= run["objects"]
   assert np.asarray(run["confusion"]).shape == (4, 4)
+  assert (tmp_path / "detection_quality.png").stat().st_size > 0
   assert "| evonorm_s0 |" in result.stdout

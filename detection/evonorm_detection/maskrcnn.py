@@ -48,4 +48,15 @@ def build_maskrcnn(input_specs: tf_keras.layers.InputSpec, model_config,
   if config.get("mask_head") is not None:
     config["mask_head"] = _registry_head(config["mask_head"], heads.MaskHead,
                                          norm)
-  return maskrcnn_model.MaskRCNNModel(**config)
+  model = maskrcnn_model.MaskRCNNModel(**config)
+  # Model Garden builds the heads lazily, at the first call, and their norm
+  # sites replace Model Garden's norms inside build(). A checkpoint restored
+  # into an unbuilt model (as Model Garden's export does) binds each head's
+  # saved norms to the first layers put there, the replaced ones, and leaves
+  # the registry norms untrained. Building the heads now (their layers do not
+  # depend on the input shape) puts the registry norms in place first; their
+  # variables are still created, and restored, at the first call.
+  for head in (model.rpn_head, *model.detection_head, model.mask_head):
+    if head is not None and not head.built:
+      head.build(None)
+  return model

@@ -19,7 +19,7 @@ from pycocotools import coco as coco_lib
 from evonorm_detection.data import shapes
 
 MIN_SCORE = 0.5
-NMS_IOU = 0.5
+NMS_IOU = 0.3
 MATCH_IOU = 0.5
 
 

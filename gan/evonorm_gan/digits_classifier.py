@@ -108,3 +108,13 @@ def cached(dataset: str = "mnist5k", resolution: int = 32,
     tf.io.gfile.makedirs(os.path.dirname(path))
     train_and_save(path, dataset, resolution)
   return path
+
+
+def real_scores(classifier: evaluation.Classifier, dataset: str = "mnist5k",
+                resolution: int = 32) -> dict:
+  """What real validation digits score with ``classifier``: the ceiling a
+  generator's class agreement and IS are read against."""
+  reals, labels = real_images(dataset, resolution)
+  _, logits = classifier(reals)
+  return {"class_agreement": evaluation.class_agreement(logits, labels),
+          "IS": evaluation.inception_score(logits)}

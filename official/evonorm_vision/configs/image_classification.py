@@ -283,8 +283,9 @@ def offline_overrides(dataset: str, data_dir: str, epochs: int,
   ``data_dir`` (``python -m evonorm_vision.data.offline``), ``epochs``
   passes over the training images at ``batch_size`` images per replica on
   ``replicas`` replicas: the learning rate scales linearly with the global
-  batch, the cosine decay spans the training and the warm-up lasts one
-  epoch, as in the experiment's own recipe."""
+  batch, the cosine decay spans the training, the warm-up lasts one epoch
+  and the validation set is evaluated after every epoch (the accuracy
+  curves), as in the experiment's own recipe."""
   batch = batch_size * replicas
   steps_per_epoch = max(1, offline_data.num_examples(dataset, "train") // batch)
   steps = epochs * steps_per_epoch
@@ -299,7 +300,7 @@ def offline_overrides(dataset: str, data_dir: str, epochs: int,
       f"{base_lr_per_256 * batch / 256}",
       f"{schedule}.learning_rate.cosine.decay_steps={steps}",
       f"{schedule}.warmup.linear.warmup_steps={steps_per_epoch}",
-      f"trainer.validation_interval={steps}",
+      f"trainer.validation_interval={steps_per_epoch}",
   ])
 
 
