@@ -154,10 +154,8 @@ def plot(results: list[dict], path: str):
 def main(argv):
   del argv
   runs_dir = os.path.join(FLAGS.output_dir, "runs")
-  if FLAGS.run:
-    spec, threads = parallel_runs.read_spec(FLAGS.run)
-    parallel_runs.write_result(runs_dir, run_name(**spec),
-                               run_one(threads=threads, **spec))
+  if parallel_runs.run_child(FLAGS.run, runs_dir, lambda spec, threads: (
+      run_name(**spec), run_one(threads=threads, **spec))):
     return
   from evonorm_detection.data import shapes  # pylint: disable=g-import-not-at-top
   from evonorm_layers import cli  # pylint: disable=g-import-not-at-top

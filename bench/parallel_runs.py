@@ -40,6 +40,17 @@ def read_spec(flag_value: str) -> tuple[dict, int]:
   return spec, spec.pop("threads")
 
 
+def run_child(flag_value: str | None, runs_dir: str, run) -> bool:
+  """In a run's own process (``--run=SPEC`` given): calls ``run(spec,
+  threads) -> (name, result)`` and writes the result; returns whether this
+  process was a run (the benchmark's ``main`` then returns)."""
+  if not flag_value:
+    return False
+  spec, threads = read_spec(flag_value)
+  write_result(runs_dir, *run(spec, threads))
+  return True
+
+
 def set_threads(threads: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.threading.set_intra_op_parallelism_threads(threads)

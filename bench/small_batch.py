@@ -17,8 +17,10 @@ against synchronized ones; and the layers a search found
 Each run is a process of its own (``--parallel`` at a time, the cores split
 between them); its result is kept in ``--output_dir/runs/NAME.json``, so a
 killed benchmark started again with the same flags redoes only the
-unfinished runs. Writes ``results.json`` and ``small_batch.png`` and prints
-a Markdown table: median validation accuracy over seeds (min-max).
+unfinished runs. A run whose loss becomes NaN is kept as diverged (no
+accuracy) and counted in the table. Writes ``results.json`` and
+``small_batch.png`` and prints a Markdown table: median validation accuracy
+over seeds (min-max).
 """
 
 from __future__ import annotations
@@ -155,18 +157,28 @@ def run_one(run: Run, output_dir: str, threads: int) -> dict:
       [f"/cpu:{i}" for i in range(run.replicas)]) if run.replicas > 1
               else None)
   start = time.time()
-  logs = run_training.train_and_evaluate(
-      params, os.path.join(output_dir, "models", run.name), desc=run.name,
-      strategy=strategy, progress=False)
+  try:
+    accuracy = float(run_training.train_and_evaluate(
+        params, os.path.join(output_dir, "models", run.name), desc=run.name,
+        strategy=strategy, progress=False)["accuracy"])
+  except RuntimeError as e:  # Model Garden stops at a NaN loss
+    if "NaN" not in str(e):
+      raise
+    accuracy = None  # diverged: a result, not a failure of the benchmark
   return {**dataclasses.asdict(run), "name": run.name,
-          "accuracy": float(logs["accuracy"]),
+          "accuracy": accuracy, "diverged": accuracy is None,
           "steps": int(params.trainer.train_steps),
           "minutes": (time.time() - start) / 60}
 
 
-def _spread(values) -> str:
-  return (f"{statistics.median(values):.3f} ({min(values):.3f}-"
-          f"{max(values):.3f})")
+def _spread(runs) -> str:
+  """Median accuracy (min-max) of the runs that finished, and how many
+  diverged (a NaN loss)."""
+  values = [r["accuracy"] for r in runs if r["accuracy"] is not None]
+  diverged = len(runs) - len(values)
+  cell = (f"{statistics.median(values):.3f} ({min(values):.3f}-"
+          f"{max(values):.3f})") if values else "-"
+  return cell + (f", {diverged} of {len(runs)} diverged" if diverged else "")
 
 
 def table(results: list[dict]) -> list[str]:
@@ -180,9 +192,9 @@ def table(results: list[dict]) -> list[str]:
   for layer in layers:
     cells = []
     for b in batches:
-      values = [r["accuracy"] for r in batch_runs
-                if r["layer"] == layer and r["batch"] == b]
-      cells.append(_spread(values) if values else "-")
+      runs = [r for r in batch_runs
+              if r["layer"] == layer and r["batch"] == b]
+      cells.append(_spread(runs) if runs else "-")
     lines.append(f"| {layer} | " + " | ".join(cells) + " |")
   sync_runs = [r for r in results if r["group"] == "sync"]
   if sync_runs:
@@ -192,7 +204,7 @@ def table(results: list[dict]) -> list[str]:
               "| layer | per-replica statistics | synchronized statistics |",
               "|---|---:|---:|"]
     for layer in dict.fromkeys(r["layer"] for r in sync_runs):
-      cells = [_spread([r["accuracy"] for r in sync_runs
+      cells = [_spread([r for r in sync_runs
                         if r["layer"] == layer and r["synchronized"] == sync])
                for sync in (False, True)]
       lines.append(f"| {layer} | " + " | ".join(cells) + " |")
@@ -207,18 +219,21 @@ def plot(results: list[dict], path: str):
   batch_runs = [r for r in results if r["group"] in ("batch", "searched")]
   for layer in dict.fromkeys(r["layer"] for r in batch_runs):
     runs = [r for r in batch_runs if r["layer"] == layer]
+    diverged = sum(r["accuracy"] is None for r in runs)
+    runs = [r for r in runs if r["accuracy"] is not None]
     batches = sorted({r["batch"] for r in runs})
     values = [[r["accuracy"] for r in runs if r["batch"] == b]
               for b in batches]
     searched = layer.startswith("searched_")
+    label = layer + (f" ({diverged} diverged)" if diverged else "")
     line, = ax.plot(batches, [statistics.median(v) for v in values],
                     marker="o", linestyle="--" if searched else "-",
-                    label=layer)
+                    label=label)
     ax.fill_between(batches, [min(v) for v in values],
                     [max(v) for v in values], color=line.get_color(),
                     alpha=0.15)
   for r in results:
-    if r["group"] == "sync":
+    if r["group"] == "sync" and r["accuracy"] is not None:
       ax.scatter(r["batch"], r["accuracy"], marker="^" if r["synchronized"]
                  else "v", color="black", s=14, zorder=3)
   ax.scatter([], [], marker="v", color="black", s=14,
@@ -240,11 +255,8 @@ def plot(results: list[dict], path: str):
 def main(argv):
   del argv
   runs_dir = os.path.join(FLAGS.output_dir, "runs")
-  if FLAGS.run:
-    spec, threads = parallel_runs.read_spec(FLAGS.run)
-    run = Run(**spec)
-    parallel_runs.write_result(runs_dir, run.name,
-                               run_one(run, FLAGS.output_dir, threads))
+  if parallel_runs.run_child(FLAGS.run, runs_dir, lambda spec, threads: (
+      Run(**spec).name, run_one(Run(**spec), FLAGS.output_dir, threads))):
     return
   from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
   from evonorm_vision.data import offline as offline_data  # pylint: disable=g-import-not-at-top

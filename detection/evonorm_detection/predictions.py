@@ -161,13 +161,13 @@ def draw(images, truths, detections, path: str, title: str):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(2, len(images), figsize=(2.8 * len(images), 6.0),
+  fig, axes = plt.subplots(2, len(images), figsize=(2.8 * len(images), 6.4),
                            squeeze=False)
   for i, image in enumerate(images):
     _draw(axes[0][i], plt, image, truths[i], "ground truth")
-    _draw(axes[1][i], plt, image, detections[i],
-          f"detected (score >= {MIN_SCORE}, one box per object)")
-  fig.suptitle(title)
-  fig.tight_layout()
+    _draw(axes[1][i], plt, image, detections[i], "detected")
+  fig.suptitle(f"{title}\nground truth (top); detections with score >= "
+               f"{MIN_SCORE}, one box per object (bottom)", fontsize=10)
+  fig.tight_layout(h_pad=1.2)
   fig.savefig(path, dpi=110)
   plt.close(fig)
