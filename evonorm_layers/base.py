@@ -320,13 +320,9 @@ class BatchDependentNormActivation(NormActivation):
     uneven dataset) leaves the moving statistics as they are: its
     statistics are undefined (0/0).
     """
-    has_samples = tf.greater(count, 0)
     for name, value in stats.items():
-      variable = self.moving[name]
-      batch_value = tf.stop_gradient(tf.reshape(value, [-1]))
-      step = tf.where(has_samples, variable - batch_value,
-                      tf.zeros_like(variable))
-      variable.assign_sub(step * (1.0 - self.momentum))
+      update_moving_average(self.moving[name], value, self.momentum,
+                            tf.greater(count, 0))
 
   def batch_moments(self, x: tf.Tensor) -> stats_lib.BatchMoments:
     """Per-channel batch mean, variance and sample count of ``x`` (over all
@@ -345,3 +341,14 @@ class BatchDependentNormActivation(NormActivation):
     config = super().get_config()
     config.update(momentum=self.momentum, synchronized=self.synchronized)
     return config
+
+
+def update_moving_average(variable: tf.Variable, batch_value: tf.Tensor,
+                          momentum: float, where) -> None:
+  """``variable = momentum * variable + (1 - momentum) * batch_value`` where
+  ``where`` holds (a boolean tensor broadcastable to the variable), outside
+  the gradient. The one moving-average update of every batch-dependent
+  layer, searched and interpreted ones included."""
+  batch_value = tf.stop_gradient(tf.reshape(batch_value, tf.shape(variable)))
+  step = tf.where(where, variable - batch_value, tf.zeros_like(variable))
+  variable.assign_sub(step * (1.0 - momentum))

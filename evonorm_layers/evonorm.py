@@ -39,6 +39,7 @@ import tf_keras
 
 from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
+from evonorm_layers import formulas
 from evonorm_layers import fused
 from evonorm_layers import recompute
 from evonorm_layers import statistics as stats_lib
@@ -47,62 +48,80 @@ from evonorm_layers.registry import register_norm_activation
 _serializable = tf_keras.saving.register_keras_serializable(package="EvoNorm")
 
 
-class _EvoNormB(base.BatchDependentNormActivation):
-  """Shared part of the B series: batch std vs. an instance-dependent term.
+def series_normalization(layer: base.NormActivation, x: tf.Tensor, training,
+                         affine: affine_lib.Affine, *, batch_dependent: bool,
+                         groups: int | None = None,
+                         centered: bool = True) -> tf.Tensor:
+  """What an EvoNorm is with ``nonlinearity=False``: ``x / sqrt(v + eps)``
+  followed by the affine.
 
-  The elementwise part ``x / max(batch_std, instance_term) * gamma + beta``
-  is recomputed in the backward pass (:mod:`evonorm_layers.recompute`)
-  instead of keeping its intermediates: only the input and per-(sample,
-  channel) statistics are stored, as for BatchNorm. The affine (conditional
-  or not) comes after the max, as in the paper's formula.
+  ``v`` is the batch variance (moving in inference) for the B series
+  (``batch_dependent``; ``layer`` is then a
+  :class:`~evonorm_layers.base.BatchDependentNormActivation` with a moving
+  ``variance``), else the variance over ``groups`` groups of channels, or
+  their second moment when not ``centered`` (EvoNorm-S2). The searched
+  layers use it too, so every ``nonlinearity=False`` site of a network is
+  normalized the same way whichever EvoNorm it holds.
+  """
+  if batch_dependent:
+
+    def batch_variance():
+      moments = layer.batch_moments(x)
+      return {"variance": moments.variance}, moments.count
+
+    variance = layer.batch_or_moving(training, batch_variance,
+                                     ("variance",))["variance"]
+  else:
+    mean, variance = stats_lib.group_moments(
+        *stats_lib.instance_moments(x, layer.layout), layer.layout, groups)
+    if not centered:
+      variance = variance + tf.square(mean)
+  # gamma folded into the per-channel scale: only x is kept for backprop.
+  return affine_lib.scale_shift(
+      x, *affine.fold(tf.math.rsqrt(variance + layer.epsilon)))
+
+
+class _EvoNormB(base.BatchDependentNormActivation):
+  """Shared part of the B series: ``x / max(batch_std, instance term)``.
+
+  Each layer gives its :mod:`evonorm_layers.formulas` family and operands
+  (:meth:`elementwise_operands`); the elementwise part then runs as the
+  fused CPU kernel, or as the family's formula recomputed in the backward
+  pass (:mod:`evonorm_layers.recompute`) instead of keeping its
+  intermediates: either way only the input and per-(sample, channel)
+  statistics are stored, as for BatchNorm. The affine (conditional or not)
+  comes after the max, as in the paper's formula.
   """
 
   moving_statistics = ("variance",)
   fused_kernels = True  # elementwise part by evonorm_layers.fused on CPU
 
   def normalize_activate(self, x, training, affine):
-    layout = self.layout
     if not self.nonlinearity:
-      variance = self.batch_or_moving(training, lambda: self._batch_variance(
-          *stats_lib.instance_moments(x, layout)))["variance"]
-      # gamma folded into the per-channel scale: only x is kept for backprop.
-      return affine_lib.scale_shift(
-          x, *affine.fold(tf.math.rsqrt(variance + self.epsilon)))
+      return series_normalization(self, x, training, affine,
+                                  batch_dependent=True)
+    layout = self.layout
     mean, var = stats_lib.instance_moments(x, layout)
-    variance = self.batch_or_moving(
-        training, lambda: self._batch_variance(mean, var))["variance"]
-    batch_std = tf.sqrt(variance + self.epsilon)
-    extra = [self.channel_param(v) for v in self.extra_params()]
+
+    def batch_variance():
+      moments = stats_lib.batch_moments(mean, var,
+                                        synchronized=self.synchronized)
+      return {"variance": moments.variance}, moments.count
+
+    variance = self.batch_or_moving(training, batch_variance)["variance"]
+    family, operands = self.elementwise_operands(mean, var)
+    operands = [tf.sqrt(variance + self.epsilon), *operands,
+                *affine.tensors()]
     if fused.use_fused(x, layout, training):
-      family, operands = self.fused_operands(mean, var, *extra)
-      return fused.apply(family, x, layout,
-                         [batch_std, *operands, *affine.tensors()],
-                         self.epsilon)
-
-    def elementwise(x, batch_std, mean, var, gamma, beta, *extra):
-      denominator = tf.maximum(batch_std,
-                               self.instance_term(x, mean, var, *extra))
-      return affine_lib.Affine(gamma, beta).apply(x / denominator)
-
+      return fused.apply(family, x, layout, operands, self.epsilon)
     return recompute.elementwise(
-        elementwise, x, batch_std, mean, var, *affine.tensors(), *extra)
+        lambda x, *operands: formulas.evaluate(family, x, operands,
+                                               self.epsilon), x, *operands)
 
-  def extra_params(self):
-    """Variables used by ``instance_term`` besides the statistics."""
-    return ()
-
-  def _batch_variance(self, mean, var):
-    moments = stats_lib.batch_moments(mean, var,
-                                      synchronized=self.synchronized)
-    return {"variance": moments.variance}, moments.count
-
-  def instance_term(self, x, mean, var, *extra):
-    """The second argument of the max, from the instance moments of x."""
-    raise NotImplementedError
-
-  def fused_operands(self, mean, var, *extra):
-    """``instance_term`` for the fused kernels (:mod:`evonorm_layers.fused`):
-    the family and its operands between ``s`` and the affine."""
+  def elementwise_operands(self, mean, var):
+    """The layer's :data:`evonorm_layers.formulas.FAMILIES` family and its
+    operands after the batch standard deviation ``s``, from the instance
+    moments of ``x``."""
     raise NotImplementedError
 
 
@@ -122,14 +141,9 @@ class EvoNormB0(_EvoNormB):
     if self.nonlinearity:  # v1 is part of the nonlinear term only
       self.v1 = self.add_channel_weight("v1", "ones")
 
-  def extra_params(self):
-    return (self.v1,)
-
-  def instance_term(self, x, mean, var, v1):
-    return v1 * x + tf.sqrt(var + self.epsilon)
-
-  def fused_operands(self, mean, var, v1):
-    return "BLinear", (v1, tf.sqrt(var + self.epsilon))
+  def elementwise_operands(self, mean, var):
+    return "BLinear", (self.channel_param(self.v1),
+                       tf.sqrt(var + self.epsilon))
 
 
 @_serializable
@@ -137,10 +151,7 @@ class EvoNormB0(_EvoNormB):
 class EvoNormB1(_EvoNormB):
   """EvoNorm-B1: ``x / max(sqrt(s2_bwh(x)), (x + 1) sqrt(mu_wh(x^2))) * gamma + beta``."""
 
-  def instance_term(self, x, mean, var):
-    return (x + 1.0) * tf.sqrt(tf.square(mean) + var + self.epsilon)
-
-  def fused_operands(self, mean, var):
+  def elementwise_operands(self, mean, var):
     root = tf.sqrt(tf.square(mean) + var + self.epsilon)
     return "BLinear", (root, root)  # (x + 1) r = r x + r
 
@@ -158,20 +169,18 @@ class EvoNormB2(_EvoNormB):
   ``sqrt(mu_wh(x^2)) - x``; that is a different layer.)
   """
 
-  def instance_term(self, x, mean, var):
-    second_moment = tf.square(mean) + var
-    return stats_lib.signed_sqrt(second_moment - x, self.epsilon)
-
-  def fused_operands(self, mean, var):
-    return "BSqrt", (tf.square(mean) + var,)
+  def elementwise_operands(self, mean, var):
+    return "BSqrt", (tf.square(mean) + var,)  # m = mu_wh(x^2)
 
 
 class _EvoNormS(base.GroupedNormActivation):
-  """Shared part of the S series: ``numerator(x) / group statistic``.
+  """Shared part of the S series: ``x * sigmoid(a*x) / group statistic``.
 
   The group statistic and the affine (conditional or not) fold into one
-  per-(sample, channel) scale; the numerator is recomputed in the backward
-  pass, so only ``x`` and small tensors are kept.
+  per-(sample, channel) scale; the numerator
+  (:func:`evonorm_layers.formulas.s_sigmoid`) runs as the fused CPU kernel
+  or is recomputed in the backward pass, so only ``x`` and small tensors
+  are kept.
   """
 
   centered = True  # divide by the group std (S0, S1) or the group RMS (S2)
@@ -179,33 +188,29 @@ class _EvoNormS(base.GroupedNormActivation):
 
   def normalize_activate(self, x, training, affine):
     # Batch-independent: training only chooses the fused kernels.
+    if not self.nonlinearity:
+      return series_normalization(self, x, training, affine,
+                                  batch_dependent=False,
+                                  groups=self.resolved_groups,
+                                  centered=self.centered)
     mean, var = stats_lib.instance_moments(x, self.layout)
     group_mean, group_var = stats_lib.group_moments(
         mean, var, self.layout, self.resolved_groups)
     denominator = group_var if self.centered else group_var + tf.square(
         group_mean)
     scale, shift = affine.fold(tf.math.rsqrt(denominator + self.epsilon))
-    if not self.nonlinearity:
-      return affine_lib.scale_shift(x, scale, shift)
     if shift is None:
       shift = tf.zeros((), tf.float32)
-    extra = [self.channel_param(v) for v in self.extra_params()]
+    operands = [self.sigmoid_slope(), scale, shift]
     if fused.use_fused(x, self.layout, training):
-      slope = extra[0] if extra else tf.ones((), tf.float32)
-      return fused.apply("SSigmoid", x, self.layout, [slope, scale, shift])
+      return fused.apply("SSigmoid", x, self.layout, operands)
     return recompute.elementwise(
-        lambda x, scale, shift, *extra: self.activation(x, *extra) * scale +
-        shift, x, scale, shift, *extra)
+        lambda x, *operands: formulas.evaluate("SSigmoid", x, operands,
+                                               self.epsilon), x, *operands)
 
-  def extra_params(self):
-    """Variables used by ``activation``."""
-    return ()
-
-  def activation(self, x):
-    """``x * sigmoid(x)``; a layer whose activation differs must pass its
-    sigmoid slope as the single extra parameter (the fused kernels compute
-    ``x * sigmoid(slope * x)``)."""
-    return x * tf.sigmoid(x)
+  def sigmoid_slope(self) -> tf.Tensor:
+    """``a`` of ``x * sigmoid(a*x)``: 1 here, ``v1`` for EvoNorm-S0."""
+    return tf.ones((), tf.float32)
 
 
 @_serializable
@@ -221,11 +226,8 @@ class EvoNormS0(_EvoNormS):
     if self.nonlinearity:  # v1 is part of the nonlinear term only
       self.v1 = self.add_channel_weight("v1", "ones")
 
-  def extra_params(self):
-    return (self.v1,)
-
-  def activation(self, x, v1):
-    return x * tf.sigmoid(v1 * x)
+  def sigmoid_slope(self):
+    return self.channel_param(self.v1)
 
 
 @_serializable

@@ -52,8 +52,8 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.saved_model import save_context  # pylint: disable=g-direct-tensorflow-import
 
+from evonorm_layers import formulas
 from evonorm_layers import layout as layout_lib
-from evonorm_layers import statistics as stats_lib
 
 MODES = ("auto", "on", "off")
 ENV_MODE = "EVONORM_FUSED"
@@ -62,15 +62,10 @@ ENV_CACHE = "EVONORM_KERNEL_CACHE"
 SOURCE = os.path.join(os.path.dirname(__file__), "kernels",
                       "fused_elementwise.cc")
 
-# Kernel families: their operands, stacked as params[K, N, C], in order.
-FAMILIES = {
-    # y = x / max(s, a*x + b) * g + h          (EvoNorm-B0, B1)
-    "BLinear": ("s", "a", "b", "g", "h"),
-    # y = x / max(s, sqrt_signed(m - x)) * g + h  (EvoNorm-B2)
-    "BSqrt": ("s", "m", "g", "h"),
-    # y = x * sigmoid(a*x) * scale + shift      (EvoNorm-S0, S1, S2)
-    "SSigmoid": ("a", "scale", "shift"),
-}
+# Kernel families (:mod:`evonorm_layers.formulas`): their operands, stacked
+# as params[K, N, C], in order.
+FAMILIES = {family: formulas.operand_names(family)
+            for family in formulas.FAMILIES}
 
 _mode_override: list[str] = []
 _lock = threading.Lock()
@@ -277,16 +272,7 @@ def _composite(family: str, x: tf.Tensor, params: tf.Tensor,
   """The family's formula in TensorFlow ops (for second derivatives)."""
   operands = tf.unstack(tf.reshape(
       params, [len(FAMILIES[family]), -1, *layout.stat_shape[1:]]))
-  xf = tf.cast(x, tf.float32)
-  if family == "BLinear":
-    s, a, b, g, h = operands
-    y = xf / tf.maximum(s, a * xf + b) * g + h
-  elif family == "BSqrt":
-    s, m, g, h = operands
-    y = xf / tf.maximum(s, stats_lib.signed_sqrt(m - xf, epsilon)) * g + h
-  else:
-    a, scale, shift = operands
-    y = xf * tf.sigmoid(a * xf) * scale + shift
+  y = formulas.evaluate(family, tf.cast(x, tf.float32), operands, epsilon)
   return tf.cast(y, x.dtype)
 
 

@@ -18,7 +18,9 @@ import pytest
 import tensorflow as tf
 
 import evonorm_layers
+from evonorm_layers import formulas
 from evonorm_layers import fused
+from evonorm_layers import layout as layout_lib
 from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
@@ -68,6 +70,39 @@ def _assert_agree(got, want, rtol=1e-5):
 def test_kernels_build_here():
   """CI has g++: the fused path must really be tested, not fall back."""
   assert fused.available(), fused._library_error  # pylint: disable=protected-access
+
+
+# The families of evonorm_layers.formulas in NumPy, affine included.
+NUMPY_FAMILIES = {
+    "BLinear": lambda x, s, a, b, g, h, eps: x / np.maximum(s, a * x + b) * g
+                                             + h,
+    "BSqrt": lambda x, s, m, g, h, eps: x / np.maximum(
+        s, np.sign(m - x) * np.sqrt(np.abs(m - x) + eps)) * g + h,
+    "SSigmoid": lambda x, a, g, h, eps: x / (1.0 + np.exp(-a * x)) * g + h,
+}
+
+
+@pytest.mark.parametrize("family", sorted(formulas.FAMILIES))
+def test_each_family_formula_and_kernel_against_numpy(family):
+  """formulas.py (the layers' one definition) and the C++ kernel of each
+  family against NumPy, on random per-(sample, channel) operands of either
+  sign, so every branch of the max is taken."""
+  rng = np.random.default_rng(5)
+  shape = (3, 4, 5, 8)
+  layout = layout_lib.TensorLayout.from_shape(list(shape), -1,
+                                              layer_name="test")
+  x = rng.normal(0.0, 2.0, shape).astype(np.float32)
+  operands = [rng.uniform(0.2, 2.0, (3, 1, 1, 8)).astype(np.float32) *
+              (1 if i == 0 else rng.choice([-1, 1], (3, 1, 1, 8)))
+              for i in range(len(formulas.operand_names(family)))]
+  operands = [o.astype(np.float32) for o in operands]
+  want = NUMPY_FAMILIES[family](x, *operands, 1e-3)
+  got = formulas.evaluate(family, tf.constant(x), operands, 1e-3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with fused.forced("on"):
+    kernel = fused.apply(family, tf.constant(x), layout,
+                         [tf.constant(o) for o in operands], 1e-3)
+  np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,axis", LAYOUTS)

@@ -29,8 +29,8 @@ from typing import Any, Mapping
 import tensorflow as tf
 import tf_keras
 
-from evonorm_layers import affine as affine_lib
 from evonorm_layers import base
+from evonorm_layers import evonorm
 from evonorm_layers import layout as layout_lib
 from evonorm_layers import registry
 from evonorm_layers import statistics as stats_lib
@@ -140,7 +140,9 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
   def normalize_activate(self, x, training, affine):
     x = tf.cast(x, tf.float32)
     if not self.nonlinearity:
-      return self._series_normalization(x, training, affine)
+      return evonorm.series_normalization(
+          self, x, training, affine, batch_dependent=self.batch_dependent,
+          groups=self.resolved_groups)
     if self.shared_traces is not None and isinstance(training, bool):
       return affine.apply(self._shared_graph_output(x, training))
 
@@ -285,33 +287,10 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
               for _ in self.moving_statistics)],
                        experimental_attributes={"_noinline": True})
 
-  def _series_normalization(self, x, training, affine):
-    var = series_variance(self, x, training, self.batch_dependent,
-                          self.resolved_groups)
-    return affine_lib.scale_shift(
-        x, *affine.fold(tf.math.rsqrt(var + self.epsilon)))
-
   def get_config(self):
     config = super().get_config()
     config.update(graph=self.graph.to_dict(), groups=self.groups)
     return config
-
-
-def series_variance(layer: base.BatchDependentNormActivation, x: tf.Tensor,
-                    training, batch_dependent: bool, groups: int):
-  """The variance a ``nonlinearity=False`` site divides by: the batch
-  variance (moving in inference) for B-series graphs, the group variance
-  otherwise."""
-  if batch_dependent:
-
-    def batch_variance():
-      moments = layer.batch_moments(x)
-      return {"variance": moments.variance}, moments.count
-
-    return layer.batch_or_moving(training, batch_variance,
-                                 ("variance",))["variance"]
-  return stats_lib.group_moments(
-      *stats_lib.instance_moments(x, layer.layout), layer.layout, groups)[1]
 
 
 class SearchedLayerFactory:

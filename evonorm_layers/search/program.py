@@ -77,6 +77,9 @@ def moving_initial_values(program: np.ndarray, size: int) -> np.ndarray:
 
 
 def _moments(z, axes):
+  """Moments in plain ops (no custom gradient), so that the interpreter's
+  first and second derivatives are plain autodiff through its
+  ``while_loop`` and ``switch_case``."""
   mean = tf.reduce_mean(z, axes, keepdims=True)
   return mean, tf.reduce_mean(tf.math.squared_difference(z, mean), axes,
                               keepdims=True)
@@ -126,9 +129,8 @@ def interpreter(rank: int, training: bool, epsilon: float,
                 "whc/g": stats_lib.group_moments(mean, var, any_channels,
                                                  groups)}
       if training:
-        batch_mean, batch_var = _moments(mean, [0])
-        batch_var += tf.reduce_mean(var, 0, keepdims=True)
-        by_set["bwh"] = (batch_mean, batch_var)
+        moments = stats_lib.batch_moments(mean, var, synchronized=False)
+        by_set["bwh"] = (moments.mean, moments.variance)
       else:  # replaced by the moving statistic below
         by_set["bwh"] = by_set["wh"]
 
@@ -257,10 +259,8 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
           tf.equal(self.program[:, 0], AGGREGATION),
           tf.equal(self.program[:, 3], INDEX_SET_IDS["bwh"]))
       has_samples = tf.greater(tf.shape(x)[0], 0)
-      step = tf.where((is_batch & has_samples)[:, None],
-                      (self.moving_rows - batch_rows) * (1.0 - self.momentum),
-                      tf.zeros_like(batch_rows))
-      self.moving_rows.assign_sub(step)
+      base.update_moving_average(self.moving_rows, batch_rows, self.momentum,
+                                 (is_batch & has_samples)[:, None])
     return affine.apply(tf.ensure_shape(y, x.shape))
 
   def _series_normalization(self, x, training, affine):
@@ -272,14 +272,11 @@ class ProgramNormActivation(base.BatchDependentNormActivation):
                                         self.resolved_groups)[1]
     moving = self.channel_param(self.moving["variance"])[None]
     if training:
-      batch_mean, batch_var = _moments(mean, [0])
-      batch_var += tf.reduce_mean(var, 0, keepdims=True)
-      update = tf.where(
-          self.program_batch & tf.greater(tf.shape(x)[0], 0),
-          (self.moving["variance"] - tf.reshape(
-              tf.stop_gradient(batch_var), [-1])) * (1.0 - self.momentum),
-          tf.zeros_like(self.moving["variance"]))
-      self.moving["variance"].assign_sub(update)
+      batch_var = stats_lib.batch_moments(mean, var,
+                                          synchronized=False).variance
+      base.update_moving_average(
+          self.moving["variance"], batch_var, self.momentum,
+          self.program_batch & tf.greater(tf.shape(x)[0], 0))
     else:
       batch_var = moving
     var = tf.where(self.program_batch, tf.broadcast_to(batch_var, tf.shape(
