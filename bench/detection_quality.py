@@ -87,8 +87,8 @@ def run_one(layer: str, seed: int, threads: int) -> dict:
   import tf_keras  # pylint: disable=g-import-not-at-top
   from evonorm_detection import predictions  # pylint: disable=g-import-not-at-top
   from evonorm_detection import quickstart_lib  # pylint: disable=g-import-not-at-top
-  from evonorm_vision import export_saved_model  # pylint: disable=g-import-not-at-top
-  from evonorm_vision import run_training  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import export  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import run_training  # pylint: disable=g-import-not-at-top
   params = params_for(layer, seed)
   tf_keras.utils.set_random_seed(seed)
   strategy = tf.distribute.MirroredStrategy(
@@ -101,7 +101,7 @@ def run_one(layer: str, seed: int, threads: int) -> dict:
   minutes = (time.time() - start) / 60
   export_dir = os.path.join(FLAGS.output_dir, "export", name)
   with run_training.logs_to(os.path.join(model_dir, "train.log")):
-    export_saved_model.export(params, model_dir, export_dir)
+    export.export(params, model_dir, export_dir)
   _, _, _, counts = quickstart_lib.read_predictions(export_dir, data_dir())
   return {"layer": layer, "seed": seed, "box_ap": float(logs["AP"]),
           "mask_ap": float(logs["mask_AP"]), "box_ap50": float(logs["AP50"]),
@@ -158,7 +158,7 @@ def main(argv):
       run_name(**spec), run_one(threads=threads, **spec))):
     return
   from evonorm_detection.data import shapes  # pylint: disable=g-import-not-at-top
-  from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
   with cli.user_errors():  # bad layer names or overrides, before any run
     seeds = [int(s) for s in FLAGS.seeds]
     for layer in FLAGS.layers:

@@ -153,7 +153,7 @@ def main(argv):
     return
   from evonorm_gan import digits_classifier  # pylint: disable=g-import-not-at-top
   from evonorm_gan import evaluation  # pylint: disable=g-import-not-at-top
-  from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
   with cli.user_errors():  # bad layer names or overrides, before any run
     seeds = [int(s) for s in FLAGS.seeds]
     config = None

@@ -58,9 +58,9 @@ from official.vision.modeling.backbones import factory  # noqa: E402
 
 import evonorm_layers  # noqa: E402
 from evonorm_layers import fused  # noqa: E402
-from evonorm_vision import norm_activation as norm_lib  # noqa: E402
+from evonorm_model_garden import norm_activation as norm_lib  # noqa: E402
 from evonorm_vision import registry_imports  # noqa: E402,F401
-from evonorm_vision.configs import backbones  # noqa: E402
+from evonorm_model_garden.backbones import configs as backbones  # noqa: E402
 
 BASELINE = "bn_relu"
 KERAS_REFERENCE = "keras_bn_relu"

@@ -133,23 +133,23 @@ def run_one(run: Run, output_dir: str, threads: int) -> dict:
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * run.replicas)
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from evonorm_vision import export_saved_model  # pylint: disable=g-import-not-at-top
-  from evonorm_vision import run_training  # pylint: disable=g-import-not-at-top
-  from evonorm_vision.configs import image_classification as experiments  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import experiments  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import run_training  # pylint: disable=g-import-not-at-top
+  from evonorm_vision.configs import image_classification as exp_configs  # pylint: disable=g-import-not-at-top
 
   data_dir = os.path.join(output_dir, "data")  # written by main()
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={run.layer}",
       f"task.model.norm_activation.use_sync_bn={run.synchronized}",
       NARROW,
-      experiments.offline_overrides(DATASET, data_dir, FLAGS.epochs,
+      exp_configs.offline_overrides(DATASET, data_dir, FLAGS.epochs,
                                     run.batch, run.replicas,
                                     FLAGS.base_learning_rate),
       f"task.train_data.seed={run.seed}",
       f"runtime.distribution_strategy="
       f"{'mirrored' if run.replicas > 1 else 'one_device'}",
       FLAGS.params_override]))
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       EXPERIMENT, (), overrides,
       [FLAGS.searched_layers] if run.group == "searched" else ())
   tf_keras.utils.set_random_seed(run.seed)
@@ -258,7 +258,7 @@ def main(argv):
   if parallel_runs.run_child(FLAGS.run, runs_dir, lambda spec, threads: (
       Run(**spec).name, run_one(Run(**spec), FLAGS.output_dir, threads))):
     return
-  from evonorm_layers import cli  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
   from evonorm_vision.data import offline as offline_data  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     runs = plan()

@@ -103,7 +103,7 @@ def resolve_groups(groups: int, channels: int, *, layer_name: str) -> int:
   ``groups`` the count is decremented until it divides ``channels`` (so it
   never exceeds ``channels``). Channels are grouped contiguously. Logged
   at debug level per layer; networks report their fallbacks in one line
-  (``evonorm_vision.norm_activation.check_groups_fit``).
+  (``evonorm_model_garden.norm_activation.check_groups_fit``).
   """
   resolved = min(groups, channels)
   while channels % resolved:

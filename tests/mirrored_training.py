@@ -21,11 +21,11 @@ from official.core import task_factory
 from official.core import train_lib
 
 import evonorm_layers
-from evonorm_vision import export_saved_model
+from evonorm_model_garden import experiments
 
 
 def main(overrides, model_dir, output):
-  params = export_saved_model.load_params("evonorm_resnet_digits", (),
+  params = experiments.load_params("evonorm_resnet_digits", (),
                                           overrides)
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   with strategy.scope():

@@ -8,10 +8,10 @@ from official.vision.configs import backbones as mg_backbone_configs
 from official.vision.modeling.backbones import factory
 
 import evonorm_layers
-import evonorm_vision.backbones  # noqa: F401  (registers the backbones)
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision import norm_sites
-from evonorm_vision.configs import backbones as backbone_configs
+import evonorm_model_garden.backbones  # noqa: F401  (registers the backbones)
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden import norm_sites
+from evonorm_model_garden.backbones import configs as backbone_configs
 
 LAYERS = ["bn_relu", "evonorm_b0", "evonorm_s0"]
 # name -> (backbone config, input size, groups that divide every width)
@@ -129,7 +129,7 @@ def test_resnet_v2_parameter_counts():
   expected = {18: 11_166_912 + 4_096 + 3_904 * 4,
               50: 23_564_800 - 19_008}
   for depth, count in expected.items():
-    model = evonorm_vision.backbones.resnet_v2.ResNetV2(depth)
+    model = evonorm_model_garden.backbones.resnet_v2.ResNetV2(depth)
     assert model.count_params() == count, depth
 
 

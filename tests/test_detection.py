@@ -18,7 +18,7 @@ import evonorm_layers
 from evonorm_detection import heads
 from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
 from evonorm_detection.data import shapes
-from evonorm_vision import export_saved_model
+from evonorm_model_garden import experiments
 from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
@@ -102,7 +102,7 @@ def test_forward_and_backward_with_each_table5_layer(layer, shapes_dir):
   """A training step of a small Mask R-CNN with every Table 5 layer, with
   the backbone's norms frozen (``bn_trainable: false``, the usual
   fine-tuning setup) and weight decay on kernels only."""
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       QUICKSTART, (), f"{FAST},{_data_override(shapes_dir)},"
       f"task.model.norm_activation.type={layer},"
       "task.model.backbone.evonorm_resnet.bn_trainable=false")
@@ -293,7 +293,7 @@ def test_quickstart_trains_evaluates_exports_and_draws(tmp_path):
   with open(shapes.annotation_file(os.path.join(workdir, "data"))) as f:
     assert len(json.load(f)["images"]) == shapes.SPLITS["val"]
 
-  params = export_saved_model.load_params(QUICKSTART, (), "")
+  params = experiments.load_params(QUICKSTART, (), "")
   served = tf.saved_model.load(os.path.join(
       workdir, "export", "evonorm_b0")).signatures["serving_default"]
   (input_name,) = served.structured_input_signature[1]

@@ -20,8 +20,8 @@ from official.vision.serving import image_classification as image_classification
 
 import evonorm_layers
 from evonorm_layers.search import KNOWN_GRAPHS
-from evonorm_vision import experiment
-from evonorm_vision import export_saved_model
+from evonorm_model_garden import experiments
+from evonorm_model_garden import export
 from evonorm_vision.data import offline as offline_data
 from evonorm_vision.tasks import image_classification as task_lib
 
@@ -125,7 +125,7 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
 def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"--searched_layers=.*nope.json"
                      r"' does not exist.*best_layers.json"):
-    experiment.register_searched_layers([str(tmp_path / "nope.json")])
+    experiments.register_searched_layers([str(tmp_path / "nope.json")])
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -150,7 +150,7 @@ def test_entry_point_rejects_bad_input_before_training(tmp_path, overrides,
 
 def test_unknown_experiment_lists_the_project_experiments():
   with pytest.raises(ValueError, match=r"Unknown experiment 'resnet_v9'") as e:
-    experiment.check_experiment_name("resnet_v9")
+    experiments.check_experiment_name("resnet_v9")
   for name in ("evonorm_resnet_digits", "evonorm_resnet_mnist5k",
                "evonorm_resnet50_imagenet", "evonorm_biggan_deep_mnist32"):
     assert name in str(e.value)
@@ -162,14 +162,16 @@ def test_missing_tfds_dataset_says_where_it_looked(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"TFDS dataset 'cifar10'.*not "
                      rf"prepared in '{tmp_path}.*tfds build cifar10.*Nothing "
                      "is downloaded"):
-    experiment.check_inputs(params, "train")
+    experiments.check_inputs(params, "train")
 
 
 def test_batch_not_divisible_by_replicas():
   params = exp_factory.get_exp_config("evonorm_resnet_digits")
   with pytest.raises(ValueError, match=r"global_batch_size=64 is not "
                      r"divisible by the 3 replicas.*multiple of 3"):
-    task_lib.check_batch_divisible(params.task.train_data, 3, "train_data")
+    experiments.check_batch_divisible(
+        params.task.train_data.global_batch_size, 3,
+        "task.train_data.global_batch_size")
 
 
 def test_mirrored_strategy_with_synchronized_b0(digits_dir, tmp_path):
@@ -202,7 +204,7 @@ def test_mirrored_strategy_with_synchronized_b0(digits_dir, tmp_path):
 def _keras_logits(model_dir, images):
   """Logits of the Keras model restored from the checkpoint, preprocessed as
   the trainer's evaluation does (resize, normalize)."""
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       "evonorm_resnet_digits", (), FAST)
   model = task_factory.get_task(params.task).build_model()
   tf.train.Checkpoint(model=model).read(
@@ -228,9 +230,9 @@ def test_exported_image_tensor_model_matches_keras_model(
   """Served logits equal the Keras model restored from the same checkpoint,
   with the trainer's evaluation preprocessing computed independently."""
   model_dir, _ = trained_model_dir
-  params = export_saved_model.load_params("evonorm_resnet_digits", (),
+  params = experiments.load_params("evonorm_resnet_digits", (),
                                           FAST)
-  export_dir = export_saved_model.export(params, model_dir, str(tmp_path))
+  export_dir = export.export(params, model_dir, str(tmp_path))
   _, _, images = _validation_records(digits_dir, 6)
   served = tf.saved_model.load(export_dir).signatures["serving_default"]
   (name,) = served.structured_input_signature[1]
@@ -249,9 +251,9 @@ def test_exported_encoded_input_models_match_in_process_model(
   """For encoded inputs Model Garden decodes and resizes in uint8, so the
   reference is the same export module run in this process."""
   model_dir, _ = trained_model_dir
-  params = export_saved_model.load_params("evonorm_resnet_digits", (),
+  params = experiments.load_params("evonorm_resnet_digits", (),
                                           FAST)
-  export_dir = export_saved_model.export(params, model_dir, str(tmp_path),
+  export_dir = export.export(params, model_dir, str(tmp_path),
                                          input_type=input_type)
   records, pngs, _ = _validation_records(digits_dir, 6)
   inputs = tf.constant(pngs if input_type == "image_bytes" else records)
@@ -273,7 +275,7 @@ def test_exported_encoded_input_models_match_in_process_model(
 
 
 def test_normalization_variables_are_not_weight_decayed():
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       "evonorm_resnet_digits", (), f"{FAST},"
       "task.losses.l2_weight_decay=1e-4")
   model = task_factory.get_task(params.task).build_model()
@@ -371,7 +373,7 @@ def test_quickstart_bad_layer_is_one_line(tmp_path):
 def test_one_config_value_selects_s0_on_every_network(name):
   """The paper ran EvoNorm-S0 on these networks: the experiment's defaults
   accept it (widths such as 24 or 40 use the largest divisor of 32 below)."""
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       name, (), "task.model.norm_activation.type=evonorm_s0,"
       "task.model.input_size=[64,64,3]")
   model = task_factory.get_task(params.task).build_model()

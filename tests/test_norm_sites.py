@@ -9,8 +9,8 @@ from official.vision.modeling.heads import dense_prediction_heads
 from official.vision.modeling.heads import instance_heads
 
 import evonorm_layers
-from evonorm_vision.norm_sites import NormSite
-from evonorm_vision.norm_sites import RegistryNormSites
+from evonorm_model_garden.norm_sites import NormSite
+from evonorm_model_garden.norm_sites import RegistryNormSites
 
 
 class DetectionHead(RegistryNormSites, instance_heads.DetectionHead):

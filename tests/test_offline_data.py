@@ -6,7 +6,7 @@ import pytest
 from official.vision.ops import preprocess_ops
 
 from evonorm_layers import datasets
-from evonorm_vision import export_saved_model
+from evonorm_model_garden import experiments
 from evonorm_vision.data import offline as offline_data
 
 
@@ -78,7 +78,7 @@ def test_tfrecords_read_by_the_model_garden_task(tmp_path):
   (Model Garden's decoder and parser): the padded 32x32 digits, in order,
   with their labels."""
   patterns = offline_data.write_tfrecords("mnist5k", str(tmp_path))
-  params = export_saved_model.load_params(
+  params = experiments.load_params(
       "evonorm_resnet_mnist5k", (),
       f"task.validation_data.input_path={patterns['validation']},"
       "task.validation_data.global_batch_size=50")

@@ -11,7 +11,7 @@ methods that create norms are restated with registry layers:
 * cross-scale resampling: the 1x1 reduction and the stride-2 3x3 with the
   activation folded in, the final 1x1 with ``nonlinearity=False``;
 * the blocks: Model Garden's bottleneck and residual blocks with their norm
-  sites listed (``evonorm_vision.backbones.blocks``).
+  sites listed (``evonorm_model_garden.backbones.blocks``).
 
 The activation applied to the sum of a block's parents does not follow a
 norm and stays ``norm_activation.activation`` (``relu`` or ``swish``).
@@ -24,8 +24,8 @@ import tf_keras
 from official.vision.modeling.backbones import spinenet as mg_spinenet
 from official.vision.ops import spatial_transform_ops
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones import blocks
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones import blocks
 
 layers = tf_keras.layers
 _BLOCKS = {"bottleneck": blocks.BottleneckBlock,

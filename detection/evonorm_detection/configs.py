@@ -39,14 +39,14 @@ from official.vision.configs import backbones as mg_backbones
 from official.vision.configs import decoders as mg_decoders
 from official.vision.configs import maskrcnn as mg_maskrcnn
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.configs import backbones as vision_backbones
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones import configs as backbone_configs
 
 SHAPES_DIR = os.path.join(os.path.expanduser("~"), "evonorm_data", "shapes")
 
 
 @dataclasses.dataclass
-class Backbone(vision_backbones.Backbone):
+class Backbone(backbone_configs.Backbone):
   """The classification side's backbones plus ``evonorm_spinenet``."""
   evonorm_spinenet: mg_backbones.SpineNet = dataclasses.field(
       default_factory=mg_backbones.SpineNet)

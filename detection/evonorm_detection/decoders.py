@@ -16,7 +16,7 @@ import tf_keras
 from official.vision.modeling.decoders import factory
 from official.vision.modeling.decoders import fpn as mg_fpn
 
-from evonorm_vision import norm_activation as norm_lib
+from evonorm_model_garden import norm_activation as norm_lib
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")

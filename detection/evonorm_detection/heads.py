@@ -36,8 +36,8 @@ import tf_keras
 from official.vision.modeling.heads import dense_prediction_heads
 from official.vision.modeling.heads import instance_heads
 
-from evonorm_vision.norm_sites import NormSite
-from evonorm_vision.norm_sites import RegistryNormSites
+from evonorm_model_garden.norm_sites import NormSite
+from evonorm_model_garden.norm_sites import RegistryNormSites
 
 _serializable = tf_keras.utils.register_keras_serializable(package="EvoNorm")
 _ACTIVATION = ("config:activation", "_activation")

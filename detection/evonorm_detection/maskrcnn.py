@@ -17,7 +17,7 @@ from official.vision.modeling import factory as mg_factory
 from official.vision.modeling import maskrcnn_model
 
 from evonorm_detection import heads
-from evonorm_vision import norm_activation as norm_lib
+from evonorm_model_garden import norm_activation as norm_lib
 
 
 def _registry_head(head, cls, norm_activation):

@@ -15,9 +15,10 @@ import tf_keras
 
 from evonorm_detection import predictions
 from evonorm_detection.data import shapes
-from evonorm_layers import cli
-from evonorm_vision import export_saved_model
-from evonorm_vision import run_training
+from evonorm_model_garden import cli
+from evonorm_model_garden import experiments
+from evonorm_model_garden import export
+from evonorm_model_garden import run_training
 
 EXPERIMENT = "evonorm_maskrcnn_shapes_quickstart"
 PICTURED = 4  # validation images drawn
@@ -40,7 +41,7 @@ def experiment_params(layer: str, data_dir: str, epochs: int,
           f"task.annotation_file={shapes.annotation_file(data_dir, 'val')}"]
 
   def load(*overrides):
-    return export_saved_model.load_params(
+    return experiments.load_params(
         EXPERIMENT, (), ",".join(filter(None, [*base, *overrides,
                                                params_override])))
 
@@ -100,7 +101,7 @@ def run(layer: str, workdir: str, epochs: int, params_override: str = "",
   export_dir = os.path.join(workdir, "export", layer)
   with run_training.logs_to(
       None if verbose else os.path.join(model_dir, "train.log")):
-    export_saved_model.export(params, model_dir, export_dir)
+    export.export(params, model_dir, export_dir)
   images, truths, kept, counts = read_predictions(export_dir, data_dir)
   picture = os.path.join(workdir, "predictions.png")
   predictions.draw(images[:PICTURED], truths[:PICTURED], kept[:PICTURED],

@@ -20,7 +20,7 @@ from official.vision.tasks import maskrcnn as mg_task
 from evonorm_detection import configs
 from evonorm_detection import maskrcnn
 from evonorm_detection import serving
-from evonorm_vision import norm_activation as norm_lib
+from evonorm_model_garden import norm_activation as norm_lib
 
 PREPARE_COCO = (
     "Write COCO as Model Garden TFRecords once with "

@@ -28,7 +28,7 @@ import os
 from absl import app
 from absl import flags
 
-from evonorm_layers import cli
+from evonorm_model_garden import cli
 from evonorm_layers.search import controller
 from evonorm_layers.search import evaluation
 from evonorm_layers.search import proxies

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from evonorm_layers import cli  # noqa: E402
+from evonorm_model_garden import cli  # noqa: E402
 from evonorm_layers.search import proxy_flags  # noqa: E402
 from evonorm_layers.search.graph import graph  # noqa: E402
 from evonorm_layers.search.known_layers import B0_VARIANTS  # noqa: E402

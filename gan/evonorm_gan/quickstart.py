@@ -38,7 +38,7 @@ from evonorm_gan import evaluation
 from evonorm_gan import export
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
-from evonorm_layers import cli
+from evonorm_model_garden import cli
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENT = "evonorm_biggan_deep_mnist32"

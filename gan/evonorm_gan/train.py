@@ -30,59 +30,34 @@ from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
-from official.common import distribute_utils
-from official.core import exp_factory
-from official.modeling import hyperparams
 from official.modeling import performance
 
-import evonorm_layers
 from evonorm_gan import configs  # noqa: F401  (registers the experiments)
 from evonorm_gan import data as data_lib
 from evonorm_gan import evaluation
 from evonorm_gan import export
 from evonorm_gan import models
 from evonorm_gan import trainer as trainer_lib
-from evonorm_layers import cli
+from evonorm_model_garden import cli
+from evonorm_model_garden import experiments
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 MODES = ("train", "eval", "train_and_eval")
+EXPERIMENT_PREFIX = "evonorm_biggan"
 
 
 def load_config(experiment: str, config_files=(), params_override: str = ""):
-  """The experiment's config after YAML files and overrides, checked."""
-  if not experiment.startswith("evonorm_biggan") or (
-      experiment not in exp_factory._REGISTERED_CONFIGS):  # pylint: disable=protected-access
-    names = sorted(n for n in exp_factory._REGISTERED_CONFIGS  # pylint: disable=protected-access
-                   if n.startswith("evonorm_biggan"))
-    raise ValueError(f"Unknown GAN experiment {experiment!r}. Valid: "
-                     f"{', '.join(names)}.")
-  config = exp_factory.get_exp_config(experiment)
-  for path in config_files or ():
-    config = hyperparams.override_params_dict(config, path, is_strict=True)
-  if params_override:
-    config = hyperparams.override_params_dict(config, params_override,
-                                              is_strict=True)
-  config.validate()
-  config.lock()
-  evonorm_layers.registry.resolve_name(config.norm_activation.type)
+  """The experiment's config after YAML files and overrides, checked (the
+  project's one loader, restricted to the GAN's experiments)."""
+  config = experiments.load_params(experiment, config_files, params_override,
+                                   prefix=EXPERIMENT_PREFIX)
   models.check_resolution(config.generator.resolution)
   return config
 
 
 def make_strategy(config) -> tf.distribute.Strategy:
-  runtime = config.runtime
-  strategy = distribute_utils.get_distribution_strategy(
-      distribution_strategy=runtime.distribution_strategy,
-      all_reduce_alg=runtime.all_reduce_alg, num_gpus=runtime.num_gpus,
-      tpu_address=runtime.tpu)
-  replicas = strategy.num_replicas_in_sync
-  batch = config.data.global_batch_size
-  if batch <= 0 or batch % replicas:
-    raise ValueError(
-        f"data.global_batch_size={batch} is not divisible by the {replicas} "
-        f"replicas of the distribution strategy; use a multiple of "
-        f"{replicas}.")
-  return strategy
+  return experiments.make_strategy(
+      config.runtime, {"data.global_batch_size": config.data.global_batch_size})
 
 
 def reference_images(config, num: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from evonorm_gan import data as data_lib
 from evonorm_gan import evaluation
 from evonorm_gan import models
-from evonorm_vision import norm_activation as norm_lib
+from evonorm_model_garden import norm_activation as norm_lib
 
 
 def make_generator(config) -> models.Generator:

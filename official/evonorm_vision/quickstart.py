@@ -34,10 +34,11 @@ import tensorflow as tf
 import tf_keras
 from tensorflow.core.util import event_pb2
 
-from evonorm_layers import cli
-from evonorm_vision import export_saved_model
-from evonorm_vision import run_training
-from evonorm_vision.configs import image_classification as experiments
+from evonorm_model_garden import cli
+from evonorm_model_garden import experiments
+from evonorm_model_garden import export
+from evonorm_model_garden import run_training
+from evonorm_vision.configs import image_classification as exp_configs
 from evonorm_vision.data import offline as offline_data
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -65,9 +66,9 @@ def experiment_params(layer: str, data_dir: str, epochs: int,
   trained for ``epochs`` passes over the training images."""
   overrides = ",".join(filter(None, [
       f"task.model.norm_activation.type={layer}",
-      experiments.offline_overrides(DATASET, data_dir, epochs),
+      exp_configs.offline_overrides(DATASET, data_dir, epochs),
       params_override]))
-  return export_saved_model.load_params(EXPERIMENT, (), overrides)
+  return experiments.load_params(EXPERIMENT, (), overrides)
 
 
 def validation_images():
@@ -134,7 +135,7 @@ def run(layers, workdir: str, epochs: int, params_override: str = "",
                                           verbose=verbose)
     with run_training.logs_to(
         None if verbose else os.path.join(model_dir, "train.log")):
-      saved_model = export_saved_model.export(
+      saved_model = export.export(
           params, model_dir, os.path.join(workdir, "export", layer))
     rows.append(dict(layer=layer, eval_accuracy=float(logs["accuracy"]),
                      saved_model_accuracy=saved_model_accuracy(

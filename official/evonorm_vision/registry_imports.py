@@ -1,16 +1,15 @@
-"""Imports everything this project registers with Model Garden.
+"""Imports everything this package registers with Model Garden: the
+backbones (:mod:`evonorm_model_garden.backbones`), the image classification
+task and its experiments.
 
-Model Garden's own ``official/vision/train.py`` imports only its registry, so
-entry points that should know this project's backbones, experiments and tasks
-import this module first (as every ``official/projects/*/train.py`` does).
+Declared as an ``evonorm.experiments`` entry point (``pyproject.toml``), so
+the project's entry points find these experiments, and those of the other
+task packages, through :func:`evonorm_model_garden.experiments.import_registrations`.
 """
 
 # pylint: disable=unused-import
 from official.vision import registry_imports
 
-from evonorm_vision import backbones
+from evonorm_model_garden import backbones
 from evonorm_vision import tasks
 from evonorm_vision.configs import image_classification
-# Mask R-CNN (package evonorm_detection, under detection/): its experiments
-# run from the same entry points.
-from evonorm_detection import registry_imports as detection_registry_imports

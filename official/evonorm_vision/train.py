@@ -25,25 +25,26 @@ from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 
-from evonorm_layers import cli
-from evonorm_vision import experiment
+from evonorm_model_garden import cli
+from evonorm_model_garden import experiments
 
 FLAGS = flags.FLAGS
 
 
 def main(_):
   with cli.user_errors():  # bad input: one line, before any work
-    params = experiment.parse(FLAGS)
-    experiment.check_inputs(params, FLAGS.mode)
-    strategy = experiment.make_strategy(params)
+    params = experiments.parse(FLAGS)
+    experiments.check_inputs(params, FLAGS.mode)
+    strategy = experiments.make_strategy(params.runtime,
+                                         experiments.task_batches(params))
     if params.runtime.mixed_precision_dtype:
       performance.set_mixed_precision_policy(
           params.runtime.mixed_precision_dtype)
     # Building the model checks what only a built model can tell (e.g. a
     # `groups` that does not fit a width, with the fallback off).
-    task, trainer = experiment.make_task_and_trainer(params, strategy,
-                                                     FLAGS.mode,
-                                                     FLAGS.model_dir)
+    task, trainer = experiments.make_task_and_trainer(params, strategy,
+                                                      FLAGS.mode,
+                                                      FLAGS.model_dir)
   if "train" in FLAGS.mode:
     train_utils.serialize_config(params, FLAGS.model_dir)
   train_lib.run_experiment(
@@ -53,7 +54,7 @@ def main(_):
 
 def run():
   tfm_flags.define_flags()
-  experiment.define_searched_layers_flag()
+  experiments.define_searched_layers_flag()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)
 

@@ -44,8 +44,8 @@ from official.vision.configs import backbones as mg_backbones
 from official.vision.configs import common
 from official.vision.configs import image_classification as mg_cls
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.configs import backbones
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones import configs as backbones
 from evonorm_vision.data import offline as offline_data
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167

@@ -14,19 +14,8 @@ import tensorflow_datasets as tfds
 from official.core import task_factory
 from official.vision.tasks import image_classification as mg_task
 
+from evonorm_model_garden import experiments
 from evonorm_vision.configs import image_classification as exp_cfg
-
-
-def check_batch_divisible(data_config, num_replicas: int, split: str):
-  """Raises if the global batch does not split evenly over the replicas."""
-  batch = data_config.global_batch_size
-  if batch <= 0 or batch % num_replicas:
-    raise ValueError(
-        f"task.{split}.global_batch_size={batch} is not divisible by the "
-        f"{num_replicas} replicas of the distribution strategy. Use a "
-        f"multiple of {num_replicas} (e.g. "
-        f"{max(num_replicas, batch - batch % num_replicas)}), and scale the "
-        "learning rate with it.")
 
 
 def check_data_available(data_config, split: str):
@@ -77,5 +66,7 @@ class ImageClassificationTask(mg_task.ImageClassificationTask):
     split = "train_data" if params.is_training else "validation_data"
     check_data_available(params, split)
     if input_context is not None:
-      check_batch_divisible(params, input_context.num_replicas_in_sync, split)
+      experiments.check_batch_divisible(
+          params.global_batch_size, input_context.num_replicas_in_sync,
+          f"task.{split}.global_batch_size")
     return super().build_inputs(params, input_context)

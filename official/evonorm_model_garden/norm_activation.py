@@ -24,7 +24,7 @@ norm_momentum, norm_epsilon``. This project's version adds the layer ``type``
 =========================  ===================================================
 
 :func:`register_backbone` registers a backbone class with Model Garden's
-backbone factory so that it reads this section; :mod:`evonorm_vision.norm_sites`
+backbone factory so that it reads this section; :mod:`evonorm_model_garden.norm_sites`
 puts registry layers at the norm sites of Model Garden's own blocks and heads.
 """
 

@@ -14,8 +14,8 @@ from official.core import train_lib
 from official.core import train_utils
 from tqdm import tqdm
 
-from evonorm_layers import cli
-from evonorm_vision import experiment
+from evonorm_model_garden import cli
+from evonorm_model_garden import experiments
 
 
 @contextlib.contextmanager
@@ -61,16 +61,17 @@ def train_and_evaluate(params, model_dir: str, desc: str = "training",
   evaluation logs. ``strategy``: the distribution strategy to train under
   (default: the configured one)."""
   with cli.user_errors():
-    experiment.check_inputs(params, "train_and_eval")
+    experiments.check_inputs(params, "train_and_eval")
     if strategy is None:
-      strategy = experiment.make_strategy(params)
+      strategy = experiments.make_strategy(
+          params.runtime, experiments.task_batches(params))
     else:
-      experiment.check_replicas(params, strategy)
+      experiments.check_replicas(strategy, experiments.task_batches(params))
   tf.io.gfile.makedirs(model_dir)
   train_utils.serialize_config(params, model_dir)
   with logs_to(None if verbose else os.path.join(model_dir, "train.log")):
     with cli.user_errors():
-      task, trainer = experiment.make_task_and_trainer(
+      task, trainer = experiments.make_task_and_trainer(
           params, strategy, "train_and_eval", model_dir)
     progress = _Progress(trainer, params.trainer.train_steps, desc,
                          disable=not progress)

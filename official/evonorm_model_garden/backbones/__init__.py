@@ -12,7 +12,7 @@ site through the ``evonorm_layers`` registry:
 ==========================  =================================================
 """
 
-from evonorm_vision.backbones import efficientnet
-from evonorm_vision.backbones import mobilenet
-from evonorm_vision.backbones import resnet
-from evonorm_vision.backbones import resnet_v2
+from evonorm_model_garden.backbones import efficientnet
+from evonorm_model_garden.backbones import mobilenet
+from evonorm_model_garden.backbones import resnet
+from evonorm_model_garden.backbones import resnet_v2

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import tf_keras
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones.serialization import SerializableBackbone
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones.serialization import SerializableBackbone
 
 layers = tf_keras.layers
 

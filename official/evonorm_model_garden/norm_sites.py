@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import tf_keras
 
 import evonorm_layers
-from evonorm_vision import norm_activation as norm_lib
+from evonorm_model_garden import norm_activation as norm_lib
 
 _LINEAR = (None, "linear", "identity")
 

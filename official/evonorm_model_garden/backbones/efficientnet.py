@@ -15,9 +15,9 @@ import tf_keras
 from official.vision.modeling.backbones import efficientnet as mg_efficientnet
 from official.vision.modeling.layers import nn_layers
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones.serialization import SerializableBackbone
-from evonorm_vision.backbones import blocks
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones.serialization import SerializableBackbone
+from evonorm_model_garden.backbones import blocks
 
 layers = tf_keras.layers
 

@@ -16,8 +16,8 @@ import tf_keras
 from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.layers import nn_blocks
 
-from evonorm_vision import norm_activation as norm_lib
-from evonorm_vision.backbones import blocks
+from evonorm_model_garden import norm_activation as norm_lib
+from evonorm_model_garden.backbones import blocks
 
 layers = tf_keras.layers
 

@@ -1,7 +1,7 @@
 """Model Garden's blocks with every norm site taken from the registry.
 
-Each block lists its norm sites (:class:`evonorm_vision.norm_sites.NormSite`)
-and mixes in :class:`~evonorm_vision.norm_sites.RegistryNormSites`, which
+Each block lists its norm sites (:class:`evonorm_model_garden.norm_sites.NormSite`)
+and mixes in :class:`~evonorm_model_garden.norm_sites.RegistryNormSites`, which
 replaces Model Garden's ``BatchNormalization`` layers after ``build``.
 Model Garden's ``call`` is reused unchanged; activations that do not follow
 a norm (after a residual add, inside squeeze-excitation) are kept.
@@ -13,8 +13,8 @@ import tf_keras
 from official.vision.modeling.backbones import mobilenet
 from official.vision.modeling.layers import nn_blocks
 
-from evonorm_vision.norm_sites import NormSite
-from evonorm_vision.norm_sites import RegistryNormSites
+from evonorm_model_garden.norm_sites import NormSite
+from evonorm_model_garden.norm_sites import RegistryNormSites
 
 _LINEAR = (None, "linear", "identity")
 _serializable = tf_keras.utils.register_keras_serializable(package="EvoNorm")
