@@ -133,7 +133,7 @@ def _build_step(model_name, row_name, jit_compile):
       input_specs=tf_keras.layers.InputSpec(
           shape=[None, _IMAGE.value, _IMAGE.value, 3]),
       backbone_config=MODELS[model_name],
-      norm_activation_config=norm_lib.NormActivation(
+      norm_activation_config=norm_lib.NormActivationConfig(
           type=layer_name, norm_momentum=0.9, norm_epsilon=1e-5,
           use_sync_bn=False, allow_group_fallback=True))
   last = max(backbone.output, key=int)

@@ -28,10 +28,11 @@ from evonorm_layers.evonorm import EvoNormS1
 from evonorm_layers.evonorm import EvoNormS2
 from evonorm_layers.layout import channel_axis_for
 from evonorm_layers.registry import NormActivationFactory
+from evonorm_layers.registry import UsesNormActivation
 from evonorm_layers.registry import accepted_arguments
 from evonorm_layers.registry import available_norm_activations
 from evonorm_layers.registry import get_norm_activation
-from evonorm_layers.registry import get_norm_activation_factory
+from evonorm_layers.registry import get_norm_activation_constructor
 from evonorm_layers.registry import register_norm_activation
 from evonorm_layers.registry import unregister_norm_activation
 from evonorm_layers.weight_decay import decayed_variables

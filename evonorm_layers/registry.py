@@ -22,10 +22,12 @@ import tf_keras
 from evonorm_layers.layout import channel_axis_for
 from evonorm_layers.layout import validate_groups
 
-LayerFactory = Callable[..., tf_keras.layers.Layer]
-_F = TypeVar("_F", bound=LayerFactory)
+# What a name is registered with: usually the layer class, or any callable
+# taking the layer's constructor arguments (a searched layer's graph).
+LayerConstructor = Callable[..., tf_keras.layers.Layer]
+_C = TypeVar("_C", bound=LayerConstructor)
 
-_FACTORIES: dict[str, LayerFactory] = {}  # canonical name -> factory
+_CONSTRUCTORS: dict[str, LayerConstructor] = {}  # canonical name -> it
 _LOOKUP: dict[str, str] = {}  # normalized name or alias -> canonical name
 
 
@@ -38,17 +40,17 @@ def normalize_name(name: str) -> str:
   return "".join(ch for ch in name.lower() if ch not in "_- ")
 
 
-def register_norm_activation(name: str, factory: _F | None = None, *,
+def register_norm_activation(name: str, constructor: _C | None = None, *,
                              aliases: tuple[str, ...] = (),
                              overwrite: bool = False):
-  """Registers a layer factory (usually a layer class) under ``name``.
+  """Registers a layer constructor (usually a layer class) under ``name``.
 
   Usable as a decorator (``@register_norm_activation("evonorm_b0")``) or a
   call (``register_norm_activation("my_layer", MyLayer)``).
 
   Args:
     name: canonical name, listed by :func:`available_norm_activations`.
-    factory: a callable returning a new ``tf_keras.layers.Layer``.
+    constructor: a callable returning a new ``tf_keras.layers.Layer``.
     aliases: further names that resolve to this one.
     overwrite: replace an existing registration of the same name (the layer
       search uses this when a searched layer is re-registered).
@@ -58,9 +60,9 @@ def register_norm_activation(name: str, factory: _F | None = None, *,
       ``overwrite``.
   """
 
-  def decorate(fn: _F) -> _F:
+  def decorate(fn: _C) -> _C:
     if not callable(fn):
-      raise TypeError(f"register_norm_activation({name!r}): the factory must "
+      raise TypeError(f"register_norm_activation({name!r}): the constructor must "
                       f"be callable. Received: {fn!r}.")
     keys = [normalize_name(n) for n in (name, *aliases)]
     for key, label in zip(keys, (name, *aliases)):
@@ -70,25 +72,25 @@ def register_norm_activation(name: str, factory: _F | None = None, *,
             f"The normalization-activation name {label!r} is already "
             f"registered (as {owner!r}). Choose another name, or pass "
             "overwrite=True to replace it.")
-    _FACTORIES[name] = fn
+    _CONSTRUCTORS[name] = fn
     for key in keys:
       _LOOKUP[key] = name
     return fn
 
-  return decorate if factory is None else decorate(factory)
+  return decorate if constructor is None else decorate(constructor)
 
 
 def unregister_norm_activation(name: str) -> None:
   """Removes a registration and its aliases (for tests and searches)."""
   canonical = resolve_name(name)
-  del _FACTORIES[canonical]
+  del _CONSTRUCTORS[canonical]
   for key in [k for k, v in _LOOKUP.items() if v == canonical]:
     del _LOOKUP[key]
 
 
 def available_norm_activations() -> list[str]:
   """The canonical names of every registered layer, sorted."""
-  return sorted(_FACTORIES)
+  return sorted(_CONSTRUCTORS)
 
 
 def resolve_name(name: str) -> str:
@@ -103,9 +105,9 @@ def resolve_name(name: str) -> str:
   return canonical
 
 
-def get_norm_activation_factory(name: str) -> LayerFactory:
-  """The registered factory (usually the layer class) for ``name``."""
-  return _FACTORIES[resolve_name(name)]
+def get_norm_activation_constructor(name: str) -> LayerConstructor:
+  """What ``name`` is registered with (usually the layer class)."""
+  return _CONSTRUCTORS[resolve_name(name)]
 
 
 def accepted_arguments(name: str) -> frozenset[str]:
@@ -115,14 +117,14 @@ def accepted_arguments(name: str) -> frozenset[str]:
   below ``tf_keras.layers.Layer`` (base classes take ``center``, ``scale``,
   ... through ``**kwargs``).
   """
-  factory = get_norm_activation_factory(name)
-  if inspect.isclass(factory):
-    targets = [c.__init__ for c in factory.__mro__
+  constructor = get_norm_activation_constructor(name)
+  if inspect.isclass(constructor):
+    targets = [c.__init__ for c in constructor.__mro__
                if "__init__" in vars(c) and issubclass(c, tf_keras.layers.Layer)
                and c is not tf_keras.layers.Layer
                and c.__module__.split(".")[0] != "tf_keras"]
   else:
-    targets = [factory]
+    targets = [constructor]
   return frozenset(p.name for target in targets
                    for p in inspect.signature(target).parameters.values()
                    if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD,
@@ -156,7 +158,7 @@ def get_norm_activation(name: str, /, *, data_format: str | None = None,
           f"both. Received: axis={kwargs['axis']!r}, "
           f"data_format={data_format!r}.")
     kwargs["axis"] = channel_axis_for(data_format, layer_name=canonical)
-  factory = _FACTORIES[canonical]
+  constructor = _CONSTRUCTORS[canonical]
   accepted = accepted_arguments(canonical)
   keras_args = {"name", "dtype", "trainable", "input_shape", "batch_input_shape"}
   unknown = sorted(set(kwargs) - accepted - keras_args)
@@ -165,9 +167,15 @@ def get_norm_activation(name: str, /, *, data_format: str | None = None,
         f"Normalization-activation layer {canonical!r} does not take "
         f"argument(s) {unknown}. It takes: {sorted(accepted)} and the Keras "
         f"layer arguments {sorted(keras_args)}.")
-  return factory(**kwargs)
+  return constructor(**kwargs)
 
 
+def data_format_axis() -> int:
+  """The channel axis of Keras' image data format (-1 or 1)."""
+  return -1 if tf_keras.backend.image_data_format() == "channels_last" else 1
+
+
+@tf_keras.saving.register_keras_serializable(package="EvoNorm")
 @dataclasses.dataclass(frozen=True)
 class NormActivationFactory:
   """Makes the norm-activation layers of a network from one set of settings.
@@ -243,3 +251,41 @@ class NormActivationFactory:
   def as_dict(self) -> dict:
     """The factory's fields, e.g. to store in a Keras ``get_config``."""
     return dataclasses.asdict(self)
+
+  # Keras serialization (``tf_keras.saving.serialize_keras_object``).
+  def get_config(self) -> dict:
+    return self.as_dict()
+
+  @classmethod
+  def from_config(cls, config: Mapping) -> "NormActivationFactory":
+    return cls(**config)
+
+
+class UsesNormActivation:
+  """Mixin for the Keras layers and models built with one norm-activation
+  setting (backbones, blocks, decoders, heads, the GAN's generator).
+
+  :meth:`use_norm_activation` keeps the setting as a
+  :class:`NormActivationFactory` in ``self._make_norm`` (call it at each norm
+  site); ``get_config`` stores its fields as a dict under
+  ``norm_activation``, the form every constructor of such a class accepts
+  back (with a factory or a layer name).
+  """
+
+  def use_norm_activation(self, norm_activation, axis: int | None = None
+                          ) -> NormActivationFactory:
+    """Keeps ``norm_activation`` (a factory, a dict of its fields, a layer
+    name or None for BN-ReLU) as a factory; a dict or name without ``axis``
+    gets ``axis``, by default the channel axis of Keras' image data
+    format."""
+    if not isinstance(norm_activation, NormActivationFactory):
+      fields = ({"type": norm_activation} if isinstance(norm_activation, str)
+                else dict(norm_activation or {}))
+      fields.setdefault("axis", data_format_axis() if axis is None else axis)
+      norm_activation = NormActivationFactory(**fields)
+    self._make_norm = norm_activation
+    return norm_activation
+
+  def get_config(self):
+    return {**super().get_config(),
+            "norm_activation": self._make_norm.as_dict()}

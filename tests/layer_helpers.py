@@ -8,7 +8,7 @@ import evonorm_layers
 
 ALL_LAYERS = evonorm_layers.available_norm_activations()
 BATCH_DEPENDENT = [n for n in ALL_LAYERS
-                   if evonorm_layers.get_norm_activation_factory(n)
+                   if evonorm_layers.get_norm_activation_constructor(n)
                    .batch_dependent]
 GROUPED = [n for n in ALL_LAYERS
            if "groups" in evonorm_layers.accepted_arguments(n)]

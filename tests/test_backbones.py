@@ -51,7 +51,7 @@ BACKBONES = {
 
 def _build(name, layer, groups=8, **norm_overrides):
   config, size = BACKBONES[name]
-  norm = norm_lib.NormActivation(type=layer, groups=groups, norm_momentum=0.9,
+  norm = norm_lib.NormActivationConfig(type=layer, groups=groups, norm_momentum=0.9,
                                  norm_epsilon=1e-5, use_sync_bn=False,
                                  **norm_overrides)
   model = factory.build_backbone(
@@ -72,7 +72,7 @@ def test_census_and_training_step(name, layer):
   assert not [l for l in layers if isinstance(
       l, tf_keras.layers.BatchNormalization)], "Keras BatchNormalization left"
   norms = [l for l in layers if isinstance(l, evonorm_layers.NormActivation)]
-  expected = evonorm_layers.get_norm_activation_factory(layer)
+  expected = evonorm_layers.get_norm_activation_constructor(layer)
   assert norms and all(type(l) is expected for l in norms)
   assert all(l.built for l in norms), "a norm layer that is never called"
   assert any(not l.nonlinearity for l in norms) == (
@@ -109,7 +109,7 @@ def test_same_architecture_as_model_garden(ours, mg_config, size):
   reference = factory.build_backbone(
       input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
       backbone_config=mg_config,
-      norm_activation_config=norm_lib.NormActivation())
+      norm_activation_config=norm_lib.NormActivationConfig())
   assert model.count_params() == reference.count_params()
   assert sorted(v.shape.as_list() for v in model.trainable_variables) == (
       sorted(v.shape.as_list() for v in reference.trainable_variables))
@@ -222,7 +222,7 @@ def test_frozen_norms_include_the_resnet_stem():
   model = factory.build_backbone(
       input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
       backbone_config=config,
-      norm_activation_config=norm_lib.NormActivation(type="evonorm_b0"))
+      norm_activation_config=norm_lib.NormActivationConfig(type="evonorm_b0"))
   norms = [l for l in _all_layers(model)
            if isinstance(l, evonorm_layers.NormActivation)]
   assert norms and not [l.name for l in norms if l.trainable]
@@ -240,7 +240,7 @@ def test_channels_first_reaches_every_norm(name):
     model = type(factory.build_backbone(
         input_specs=tf_keras.layers.InputSpec(shape=[None, 3, 64, 64]),
         backbone_config=config,
-        norm_activation_config=norm_lib.NormActivation(type="evonorm_s0",
+        norm_activation_config=norm_lib.NormActivationConfig(type="evonorm_s0",
                                                        groups=8)))
     # Constructed directly, without an axis in norm_activation.
     kwargs = dict(input_specs=tf_keras.layers.InputSpec(

@@ -76,7 +76,7 @@ def _build(name, overrides):
 def test_census_per_component(name, overrides, layer):
   params, model = _build(name, f"{overrides},"
                          f"task.model.norm_activation.type={layer}")
-  expected = evonorm_layers.get_norm_activation_factory(layer)
+  expected = evonorm_layers.get_norm_activation_constructor(layer)
   for component in COMPONENTS:
     part = getattr(model, component)
     if part is None:  # SpineNet has no decoder (Model Garden's "identity")
@@ -108,7 +108,7 @@ def test_forward_and_backward_with_each_table5_layer(layer, shapes_dir):
       "task.model.backbone.evonorm_resnet.bn_trainable=false")
   task = task_factory.get_task(params.task)
   model = task.build_model()
-  expected = evonorm_layers.get_norm_activation_factory(layer)
+  expected = evonorm_layers.get_norm_activation_constructor(layer)
   for component in COMPONENTS:  # every site has the chosen layer
     norms = _norms(getattr(model, component))
     assert norms and all(type(n) is expected for n in norms), component
@@ -156,7 +156,7 @@ def test_padded_rois_do_not_change_real_rois(layer):
   rng = np.random.default_rng(0)
   real = rng.normal(size=(2, 5, 7, 7, 8)).astype(np.float32)
   padded = np.concatenate([real, np.zeros((2, 3, 7, 7, 8), np.float32)], 1)
-  trainings = [False] if evonorm_layers.get_norm_activation_factory(
+  trainings = [False] if evonorm_layers.get_norm_activation_constructor(
       layer).batch_dependent else [False, True]
   head(real, training=True)  # builds and moves the moving statistics
   for training in trainings:

@@ -65,7 +65,7 @@ def test_each_table6_layer_trains(layer, tmp_path):
   strategy = distribute_utils.get_distribution_strategy("one_device")
   trainer = trainer_lib.GANTrainer(config, strategy, str(tmp_path))
   norms = trainer.generator.norm_layers()
-  expected = evonorm_layers.get_norm_activation_factory(layer)
+  expected = evonorm_layers.get_norm_activation_constructor(layer)
   assert norms and all(type(n) is expected for n in norms)
   if layer == "gn_relu":
     assert {n.groups for n in norms} == {8}

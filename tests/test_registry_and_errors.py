@@ -201,3 +201,29 @@ def test_channel_count_changed_after_build():
 def test_integer_input():
   _raises(TypeError, r"EvoNormB0.*floating-point inputs.*int32",
           lambda: evonorm_layers.EvoNormB0()(tf.ones((2, 3, 3, 4), tf.int32)))
+
+
+class _Holder(evonorm_layers.UsesNormActivation, tf_keras.layers.Layer):
+
+  def __init__(self, norm_activation=None, **kwargs):
+    super().__init__(**kwargs)
+    self.use_norm_activation(norm_activation)
+
+
+def test_one_norm_factory_object_serialized_by_keras_and_by_its_holders():
+  """The factory made once from a config is handed down as the object
+  itself; Keras serializes it, and a holder stores its fields, which every
+  holder's constructor takes back."""
+  factory = evonorm_layers.NormActivationFactory("evonorm_s0", groups=4,
+                                                 zero_init_residual=True)
+  restored = tf_keras.saving.deserialize_keras_object(
+      tf_keras.saving.serialize_keras_object(factory))
+  assert restored == factory
+  assert _Holder(factory)._make_norm is factory  # pylint: disable=protected-access
+  config = _Holder(factory).get_config()
+  assert config["norm_activation"] == factory.as_dict()
+  assert _Holder.from_config(config)._make_norm == factory  # pylint: disable=protected-access
+  by_name = _Holder("EvoNorm-B0")._make_norm  # pylint: disable=protected-access
+  assert by_name.type == "evonorm_b0" and by_name.axis == -1
+  with pytest.raises(ValueError, match="Unknown normalization-activation"):
+    _Holder({"type": "evonorm_b9"})

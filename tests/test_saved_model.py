@@ -60,8 +60,8 @@ def test_keras_save_and_load_with_and_without_custom_objects(
   model, probe, expected = trained_model
   path = str(tmp_path / ("model" if fmt == "savedmodel" else "model.keras"))
   model.save(path)
-  custom = {evonorm_layers.get_norm_activation_factory(n).__name__:
-            evonorm_layers.get_norm_activation_factory(n)
+  custom = {evonorm_layers.get_norm_activation_constructor(n).__name__:
+            evonorm_layers.get_norm_activation_constructor(n)
             for n in layer_helpers.ALL_LAYERS}
   for custom_objects in (None, custom):
     loaded = tf_keras.models.load_model(path, custom_objects=custom_objects)

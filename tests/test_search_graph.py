@@ -191,7 +191,7 @@ def test_searched_layer_is_usable_by_name_and_exports(tmp_path):
     layer = evonorm_layers.get_norm_activation(name, momentum=0.5,
                                                name="norm")
     assert isinstance(layer, SearchedNormActivation) and layer.momentum == 0.5
-    assert evonorm_layers.get_norm_activation_factory(name).batch_dependent
+    assert evonorm_layers.get_norm_activation_constructor(name).batch_dependent
     inputs = tf_keras.Input((8, 8, 3))
     x = tf_keras.layers.Conv2D(8, 3)(inputs)
     x = layer(x)

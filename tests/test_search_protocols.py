@@ -25,7 +25,7 @@ def _with(**changes):
 
 
 def _stability(g, anchor, data, config=CONFIG):
-  model = proxies.build_model(anchor, evaluation.norm_factory(g, config),
+  model = proxies.build_model(anchor, evaluation.searched_norm_maker(g, config),
                               config)
   return evaluation.stability_test(model, data, config)
 
@@ -55,7 +55,7 @@ def test_finite_difference_ascent_follows_the_exact_direction(data):
   (EvoNorm-S0: a smooth network, so the two agree closely)."""
   config = _with(stability_step_size=0.05)
   model = proxies.build_model(
-      "resnet", evaluation.norm_factory(
+      "resnet", evaluation.searched_norm_maker(
           known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
   start = [v.numpy() for v in model.trainable_variables]
   moved = {}
@@ -87,7 +87,7 @@ def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
   steps tf_keras' SGD(momentum=0.9) takes with CosineDecay over
   ``train_steps``, on the same model, batches and gradients."""
   config = _with(train_steps=6, quality_steps=3, learning_rate=0.05)
-  model = proxies.build_model("resnet", evaluation.norm_factory(
+  model = proxies.build_model("resnet", evaluation.searched_norm_maker(
       known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
   start = model.get_weights()
   trainer = evaluation.ProxyTrainer(model, data, config)

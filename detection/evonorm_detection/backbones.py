@@ -24,6 +24,7 @@ import tf_keras
 from official.vision.modeling.backbones import spinenet as mg_spinenet
 from official.vision.ops import spatial_transform_ops
 
+import evonorm_layers
 from evonorm_model_garden import norm_activation as norm_lib
 from evonorm_model_garden.backbones import blocks
 
@@ -33,20 +34,19 @@ _BLOCKS = {"bottleneck": blocks.BottleneckBlock,
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class SpineNet(mg_spinenet.SpineNet):
+class SpineNet(evonorm_layers.UsesNormActivation, mg_spinenet.SpineNet):
   """Model Garden's SpineNet; ``norm_activation`` picks every norm site.
 
   Args:
-    norm_activation: ``evonorm_layers.NormActivationFactory`` fields as a
-      dict.
+    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
+      as a dict, or a layer name.
     **kwargs: Model Garden ``SpineNet`` arguments; ``use_sync_bn``,
       ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
       ``norm_activation``.
   """
 
   def __init__(self, norm_activation=None, **kwargs):
-    self._norm_activation = dict(norm_activation or {})
-    self._make_norm = norm_lib.make_norm_factory(self._norm_activation)
+    self.use_norm_activation(norm_activation)
     super().__init__(**kwargs)
 
   def _conv_norm(self, x, filters: int, kernel_size: int, strides: int = 1,
@@ -75,7 +75,7 @@ class SpineNet(mg_spinenet.SpineNet):
           kernel_regularizer=self._kernel_regularizer,
           bias_regularizer=self._bias_regularizer,
           activation=self._activation,
-          norm_activation=self._norm_activation)(x)
+          norm_activation=self._make_norm)(x)
     return tf.identity(x, name=name)
 
   def _build_stem(self, inputs):
@@ -116,9 +116,6 @@ class SpineNet(mg_spinenet.SpineNet):
     if target_block_fn == "bottleneck":
       target_num_filters *= 4
     return self._conv_norm(x, target_num_filters, 1, nonlinearity=False)
-
-  def get_config(self):
-    return {**super().get_config(), "norm_activation": self._norm_activation}
 
 
 def _spinenet_arguments(cfg, norm):

@@ -69,8 +69,8 @@ class MaskRCNN(mg_maskrcnn.MaskRCNN):
       default_factory=lambda: Decoder(type="evonorm_fpn",
                                       evonorm_fpn=mg_decoders.FPN()))
   # Model Garden's Mask R-CNN norm settings.
-  norm_activation: norm_lib.NormActivation = dataclasses.field(
-      default_factory=lambda: norm_lib.NormActivation(
+  norm_activation: norm_lib.NormActivationConfig = dataclasses.field(
+      default_factory=lambda: norm_lib.NormActivationConfig(
           type="evonorm_b0", norm_momentum=0.997, norm_epsilon=1e-4,
           use_sync_bn=True))
 

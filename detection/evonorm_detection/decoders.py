@@ -16,18 +16,18 @@ import tf_keras
 from official.vision.modeling.decoders import factory
 from official.vision.modeling.decoders import fpn as mg_fpn
 
+import evonorm_layers
 from evonorm_model_garden import norm_activation as norm_lib
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class FPN(mg_fpn.FPN):
+class FPN(evonorm_layers.UsesNormActivation, mg_fpn.FPN):
   """FPN whose output norms come from the ``evonorm_layers`` registry.
 
   Args:
     input_specs: ``{level: TensorShape}`` of the backbone's endpoints.
-    norm_activation: ``evonorm_layers.NormActivationFactory`` fields as a
-      dict (``type``, ``groups``, ``epsilon``, ``momentum``,
-      ``synchronized``).
+    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
+      as a dict, or a layer name.
     **kwargs: Model Garden ``FPN`` arguments (``min_level``, ``max_level``,
       ``num_filters``, ``fusion_type``, ...); its ``use_sync_bn``,
       ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
@@ -36,8 +36,7 @@ class FPN(mg_fpn.FPN):
 
   def __init__(self, input_specs: Mapping[str, Any], norm_activation=None,
                name: str | None = None, **kwargs):
-    norm_activation = dict(norm_activation or {})
-    make_norm = norm_lib.make_norm_factory(norm_activation)
+    make_norm = self.use_norm_activation(norm_activation)
     # Model Garden's graph; its last op on every level is norm_{level}.
     reference = mg_fpn.FPN(input_specs=input_specs, **kwargs)
     config = dict(reference.get_config())
@@ -51,7 +50,7 @@ class FPN(mg_fpn.FPN):
     # Functional.__init__.)
     super(mg_fpn.FPN, self).__init__(  # pylint: disable=bad-super-call
         inputs=reference.input, outputs=outputs, name=name)
-    self._config_dict = {**config, "norm_activation": norm_activation}
+    self._config_dict = config
     self._output_specs = {k: v.get_shape() for k, v in outputs.items()}
 
 
@@ -62,7 +61,7 @@ def build_fpn(input_specs, model_config, l2_regularizer=None) -> FPN:
   model = FPN(
       input_specs=input_specs,
       norm_activation=norm_lib.factory_from_config(
-          model_config.norm_activation).as_dict(),
+          model_config.norm_activation),
       min_level=model_config.min_level,
       max_level=model_config.max_level,
       num_filters=cfg.num_filters,

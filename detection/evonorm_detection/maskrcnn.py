@@ -37,7 +37,7 @@ def build_maskrcnn(input_specs: tf_keras.layers.InputSpec, model_config,
   """
   model = mg_factory.build_maskrcnn(input_specs, model_config,
                                     l2_regularizer=l2_regularizer)
-  norm = norm_lib.factory_from_config(model_config.norm_activation).as_dict()
+  norm = norm_lib.factory_from_config(model_config.norm_activation)
   config = dict(model.get_config())
   config["rpn_head"] = _registry_head(model.rpn_head, heads.RPNHead, norm)
   detection = config["detection_head"]

@@ -17,7 +17,7 @@ Run one with ``python -m evonorm_layers.search --output_dir=DIR``.
 from evonorm_layers.search.graph import LayerGraph
 from evonorm_layers.search.graph import Node
 from evonorm_layers.search.known_layers import KNOWN_GRAPHS
-from evonorm_layers.search.layer import SearchedLayerFactory
+from evonorm_layers.search.layer import SearchedLayerConstructor
 from evonorm_layers.search.layer import SearchedNormActivation
 from evonorm_layers.search.layer import load_searched_layers
 from evonorm_layers.search.layer import register_searched_layer

@@ -112,18 +112,18 @@ def resolve_seed_layers(names) -> dict[str, LayerGraph]:
         raise FileNotFoundError(f"--seed_layers: no file {name!r} (a "
                                 "search's best_layers.json).")
       for found in layer_lib.load_searched_layers(name):
-        graphs[found] = registry.get_norm_activation_factory(found).graph
+        graphs[found] = registry.get_norm_activation_constructor(found).graph
     else:
       try:
-        factory = registry.get_norm_activation_factory(name)
+        constructor = registry.get_norm_activation_constructor(name)
       except ValueError:
-        factory = None
-      if not isinstance(factory, layer_lib.SearchedLayerFactory):
+        constructor = None
+      if not isinstance(constructor, layer_lib.SearchedLayerConstructor):
         raise ValueError(
             f"--seed_layers: {name!r} is not a layer of the search space: "
             f"use one of {sorted(known_layers.KNOWN_GRAPHS)}, a searched "
             "layer's name, or a best_layers.json file.")
-      graphs[name] = factory.graph
+      graphs[name] = constructor.graph
   return graphs
 
 

@@ -97,7 +97,7 @@ class Timer:
     return _Span()
 
 
-def norm_factory(graph: LayerGraph, config: proxies.ProxyConfig,
+def searched_norm_maker(graph: LayerGraph, config: proxies.ProxyConfig,
                  shared_traces: SharedTraces | None = None):
   """Makes the candidate's layers; with ``shared_traces`` (one for all
   anchors of an evaluation) they call functions traced once
@@ -471,7 +471,7 @@ def check_anchors(config: proxies.ProxyConfig, data: proxies.ProxyData):
     if ":" not in anchor:
       continue
     model = proxies.build_model(
-        anchor, norm_factory(known_layers.KNOWN_GRAPHS["bn_relu"], config),
+        anchor, searched_norm_maker(known_layers.KNOWN_GRAPHS["bn_relu"], config),
         config, data.num_classes)
     if config.stability_steps:
       try:
@@ -521,7 +521,7 @@ class CompiledAnchor:
       tf_keras.backend.clear_session()
       tf_keras.utils.set_random_seed(self.config.seed)
     model = proxies.build_model(
-        self.anchor, norm_factory(graph, self.config, self.shared_traces),
+        self.anchor, searched_norm_maker(graph, self.config, self.shared_traces),
         self.config, self.data.num_classes)
     if self.initial is not None:
       # Seeding would clear TensorFlow's kernel cache, and every traced

@@ -293,7 +293,7 @@ class SearchedNormActivation(base.BatchDependentNormActivation):
     return config
 
 
-class SearchedLayerFactory:
+class SearchedLayerConstructor:
   """A registry entry making ``SearchedNormActivation``s of one graph."""
 
   def __init__(self, graph):
@@ -314,17 +314,17 @@ class SearchedLayerFactory:
         beta_initializer=beta_initializer, **keras_kwargs)
 
   def __repr__(self):
-    return f"SearchedLayerFactory({self.graph.formula()!r})"
+    return f"SearchedLayerConstructor({self.graph.formula()!r})"
 
 
 def register_searched_layer(name: str, graph, *, overwrite: bool = False,
                             aliases: tuple[str, ...] = ()
-                            ) -> SearchedLayerFactory:
+                            ) -> SearchedLayerConstructor:
   """Makes ``graph`` available everywhere as ``get_norm_activation(name)``."""
-  factory = SearchedLayerFactory(graph)
-  registry.register_norm_activation(name, factory, aliases=aliases,
+  constructor = SearchedLayerConstructor(graph)
+  registry.register_norm_activation(name, constructor, aliases=aliases,
                                     overwrite=overwrite)
-  return factory
+  return constructor
 
 
 def load_searched_layers(layers: Mapping[str, Any] | str, *,

@@ -374,7 +374,7 @@ def batches(split, batch_size: int, seed: int, repeat: bool = True):
 
 # -- anchors -------------------------------------------------------------------
 
-NormFactory = Callable[..., tf_keras.layers.Layer]
+NormMaker = Callable[..., tf_keras.layers.Layer]
 
 
 def _conv(x, filters, kernel, strides=1, decay=0.0):
@@ -447,7 +447,7 @@ _BUILDERS = {"resnet": _resnet, "mobilenet": _mobilenet,
              "efficientnet": _efficientnet}
 
 
-def build_model(anchor: str, make_norm: NormFactory, config: ProxyConfig,
+def build_model(anchor: str, make_norm: NormMaker, config: ProxyConfig,
                 num_classes: int = 10) -> tf_keras.Model:
   """The anchor with ``make_norm(nonlinearity=...)`` at every norm site.
 

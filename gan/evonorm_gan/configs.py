@@ -116,8 +116,8 @@ class GANConfig(hyperparams.Config):
       default_factory=GeneratorConfig)
   discriminator: DiscriminatorConfig = dataclasses.field(
       default_factory=DiscriminatorConfig)
-  norm_activation: norm_lib.NormActivation = dataclasses.field(
-      default_factory=lambda: norm_lib.NormActivation(
+  norm_activation: norm_lib.NormActivationConfig = dataclasses.field(
+      default_factory=lambda: norm_lib.NormActivationConfig(
           type="evonorm_b0", groups=16, norm_momentum=0.9,
           norm_epsilon=1e-5, use_sync_bn=True))
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -143,7 +143,7 @@ def biggan_deep_mnist32() -> GANConfig:
       generator=GeneratorConfig(resolution=32, ch=8, z_dim=32,
                                 shared_dim=32, attention_resolutions=[]),
       discriminator=DiscriminatorConfig(ch=16, attention_resolutions=[]),
-      norm_activation=norm_lib.NormActivation(
+      norm_activation=norm_lib.NormActivationConfig(
           type="evonorm_b0", groups=8, norm_momentum=0.9,
           norm_epsilon=1e-5, use_sync_bn=False),
       data=DataConfig(source="mnist5k", num_classes=10, global_batch_size=16,

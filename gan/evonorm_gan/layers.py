@@ -150,7 +150,8 @@ def _resolve_training(training) -> bool:
 
 
 @_serializable
-class ConditionalNormActivation(tf_keras.layers.Layer):
+class ConditionalNormActivation(evonorm_layers.UsesNormActivation,
+                                tf_keras.layers.Layer):
   """A registry norm-activation layer made class-conditional (BigGAN's ccbn).
 
   ``layer(x, v)`` with the conditioning vector ``v`` (BigGAN-deep:
@@ -161,15 +162,15 @@ class ConditionalNormActivation(tf_keras.layers.Layer):
   itself has no ``gamma``/``beta`` variables.
 
   Args:
-    norm_activation: ``evonorm_layers.NormActivationFactory`` fields.
+    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
+      as a dict, or a layer name.
     name: the layer's name.
   """
 
   def __init__(self, norm_activation, **kwargs):
     super().__init__(**kwargs)
-    self.norm_activation = dict(norm_activation)
-    self.norm = evonorm_layers.NormActivationFactory(
-        **self.norm_activation)(name="norm", center=False, scale=False)
+    make_norm = self.use_norm_activation(norm_activation, axis=-1)
+    self.norm = make_norm(name="norm", center=False, scale=False)
 
   def build(self, input_shape):
     channels = input_shape[0][-1]
@@ -183,9 +184,6 @@ class ConditionalNormActivation(tf_keras.layers.Layer):
     gamma = 1.0 + self.gain(vector, training=training)
     beta = self.bias(vector, training=training)
     return self.norm(x, training=training, gamma=gamma, beta=beta)
-
-  def get_config(self):
-    return {**super().get_config(), "norm_activation": self.norm_activation}
 
 
 @_serializable

@@ -65,7 +65,8 @@ def check_resolution(resolution: int):
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNormGAN")
-class GeneratorBlock(tf_keras.layers.Layer):
+class GeneratorBlock(evonorm_layers.UsesNormActivation,
+                     tf_keras.layers.Layer):
   """BigGAN-deep's generator block with conditional norm-activations."""
 
   def __init__(self, in_channels: int, out_channels: int, upsample: bool,
@@ -73,10 +74,10 @@ class GeneratorBlock(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     self.in_channels, self.out_channels = in_channels, out_channels
     self.upsample = upsample
-    self.norm_activation = dict(norm_activation)
+    make_norm = self.use_norm_activation(norm_activation, axis=-1)
     hidden = in_channels // BOTTLENECK
     self.norms = [gan_layers.ConditionalNormActivation(
-        self.norm_activation, name=f"cnorm{i + 1}") for i in range(4)]
+        make_norm, name=f"cnorm{i + 1}") for i in range(4)]
     self.convs = [gan_layers.SNConv2D(hidden, 1, name="conv1"),
                   gan_layers.SNConv2D(hidden, 3, name="conv2"),
                   gan_layers.SNConv2D(hidden, 3, name="conv3"),
@@ -98,8 +99,7 @@ class GeneratorBlock(tf_keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "in_channels": self.in_channels,
-            "out_channels": self.out_channels, "upsample": self.upsample,
-            "norm_activation": self.norm_activation}
+            "out_channels": self.out_channels, "upsample": self.upsample}
 
 
 def _upsample(x):
@@ -107,7 +107,7 @@ def _upsample(x):
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNormGAN")
-class Generator(tf_keras.Model):
+class Generator(evonorm_layers.UsesNormActivation, tf_keras.Model):
   """BigGAN-deep generator: ``G(z, labels) -> images in [-1, 1]``.
 
   Args:
@@ -128,7 +128,7 @@ class Generator(tf_keras.Model):
                attention_resolutions=(64,), **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
-    norm = evonorm_layers.NormActivationFactory.from_spec(norm_activation)
+    norm = self.use_norm_activation(norm_activation, axis=-1)
     self.config_dict = dict(
         resolution=resolution, ch=ch, num_classes=num_classes,
         norm_activation=norm.as_dict(), z_dim=z_dim, shared_dim=shared_dim,
@@ -143,7 +143,7 @@ class Generator(tf_keras.Model):
       stage = [GeneratorBlock(cin * ch, (cin if j < BLOCKS_PER_STAGE - 1
                                          else cout) * ch,
                               upsample=j == BLOCKS_PER_STAGE - 1,
-                              norm_activation=norm.as_dict(),
+                              norm_activation=norm,
                               name=f"stage{i}_block{j}")
                for j in range(BLOCKS_PER_STAGE)]
       if 8 * 2**i in attention_resolutions:

@@ -29,7 +29,7 @@ from evonorm_model_garden import norm_activation as norm_lib
 
 def make_generator(config) -> models.Generator:
   g = config.generator
-  norm = norm_lib.factory_from_config(config.norm_activation).as_dict()
+  norm = norm_lib.factory_from_config(config.norm_activation, axis=-1)
   return models.Generator(
       resolution=g.resolution, ch=g.ch, num_classes=config.data.num_classes,
       norm_activation=norm, z_dim=g.z_dim, shared_dim=g.shared_dim,

@@ -1,8 +1,9 @@
 """The norm-activation section of an experiment config, and its checks.
 
 Model Garden's ``NormActivation`` config has only ``activation, use_sync_bn,
-norm_momentum, norm_epsilon``. This project's version adds the layer ``type``
-(any name registered in ``evonorm_layers``) and ``groups``:
+norm_momentum, norm_epsilon``. This project's ``NormActivationConfig`` adds
+the layer ``type`` (any name registered in ``evonorm_layers``) and
+``groups``:
 
 =========================  ===================================================
 ``type``                   the layer at every norm site, e.g. ``evonorm_b0``
@@ -23,8 +24,11 @@ norm_momentum, norm_epsilon``. This project's version adds the layer ``type``
                            are part of the norm-activation layer
 =========================  ===================================================
 
+:func:`factory_from_config` turns the section into the one
+``evonorm_layers.NormActivationFactory`` that a network's norm sites share
+(made once per network and handed down as an object);
 :func:`register_backbone` registers a backbone class with Model Garden's
-backbone factory so that it reads this section; :mod:`evonorm_model_garden.norm_sites`
+backbone factory so that it gets that factory; :mod:`evonorm_model_garden.norm_sites`
 puts registry layers at the norm sites of Model Garden's own blocks and heads.
 """
 
@@ -42,28 +46,11 @@ import evonorm_layers
 
 
 @dataclasses.dataclass
-class NormActivation(common.NormActivation):
+class NormActivationConfig(common.NormActivation):
   type: str = "bn_relu"
   groups: int = 32
   allow_group_fallback: bool = True
   zero_init_residual: bool = False
-
-
-def data_format_axis() -> int:
-  """The channel axis of Keras' image data format (-1 or 1)."""
-  return -1 if tf_keras.backend.image_data_format() == "channels_last" else 1
-
-
-def make_norm_factory(spec) -> evonorm_layers.NormActivationFactory:
-  """A layer factory from a network's ``norm_activation`` argument (a name,
-  a dict of factory fields or a factory); ``axis``, unless given, follows
-  Keras' image data format."""
-  if isinstance(spec, evonorm_layers.NormActivationFactory):
-    return spec
-  if spec is None or isinstance(spec, str):
-    spec = {} if spec is None else {"type": spec}
-  return evonorm_layers.NormActivationFactory(
-      **{"axis": data_format_axis(), **spec})
 
 
 def factory_from_config(config, axis: int | None = None
@@ -75,7 +62,8 @@ def factory_from_config(config, axis: int | None = None
       epsilon=config.norm_epsilon,
       momentum=config.norm_momentum,
       synchronized=config.use_sync_bn,
-      axis=data_format_axis() if axis is None else axis,
+      axis=evonorm_layers.registry.data_format_axis() if axis is None
+      else axis,
       zero_init_residual=getattr(config, "zero_init_residual", False))
 
 
@@ -123,8 +111,8 @@ def register_backbone(
     arguments: Callable[[Any, Any], Mapping[str, Any]]):
   """Registers ``model_cls`` with Model Garden's backbone factory.
 
-  The builder makes ``model_cls(input_specs=..., norm_activation=<factory
-  fields from the norm_activation config>, kernel_regularizer=...,
+  The builder makes ``model_cls(input_specs=..., norm_activation=<the
+  factory of the norm_activation config>, kernel_regularizer=...,
   **arguments(backbone_config, norm_activation_config))`` and checks its
   grouped norm sites (:func:`check_groups_fit`).
 
@@ -143,7 +131,7 @@ def register_backbone(
     cfg = backbone_config.get()
     model = model_cls(
         input_specs=input_specs,
-        norm_activation=factory_from_config(norm_activation_config).as_dict(),
+        norm_activation=factory_from_config(norm_activation_config),
         kernel_regularizer=l2_regularizer,
         **arguments(cfg, norm_activation_config))
     check_groups_fit(model, norm_activation_config,

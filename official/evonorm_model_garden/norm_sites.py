@@ -31,12 +31,10 @@ Garden's ``call`` runs unchanged.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import tf_keras
 
 import evonorm_layers
-from evonorm_model_garden import norm_activation as norm_lib
 
 _LINEAR = (None, "linear", "identity")
 
@@ -86,26 +84,22 @@ def _replace(value, make):
   return make(value)
 
 
-class RegistryNormSites:
+class RegistryNormSites(evonorm_layers.UsesNormActivation):
   """Mixin replacing the norms at ``NORM_SITES`` after Model Garden's build.
 
   Args:
-    norm_activation: ``evonorm_layers.NormActivationFactory`` fields as a
-      dict (``type``, ``groups``, ``epsilon``, ``momentum``,
-      ``synchronized``, ``zero_init_residual``; ``axis`` defaults to the
-      layer's ``_bn_axis``); serialized in ``get_config``.
+    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
+      as a dict or a layer name (``axis``, unless given, is the layer's
+      ``_bn_axis``); serialized in ``get_config``.
   """
 
   NORM_SITES: tuple[NormSite, ...] = ()
 
-  def __init__(self, *args, norm_activation: Mapping[str, Any] | None = None,
+  def __init__(self, *args, norm_activation=None,
                **kwargs):
     super().__init__(*args, **kwargs)
-    self._norm_activation = dict(norm_activation or {})
-    axis = getattr(self, "_bn_axis", None)
-    self._make_norm = norm_lib.make_norm_factory(
-        self._norm_activation if axis is None else
-        {"axis": axis, **self._norm_activation})
+    self.use_norm_activation(norm_activation,
+                             axis=getattr(self, "_bn_axis", None))
 
   def has_residual_branch(self) -> bool:
     """Whether the layer has a residual branch (ended by the sites marked
@@ -135,9 +129,6 @@ class RegistryNormSites:
       if folded and site.activation_fn is not None:
         setattr(self, site.activation_fn,
                 _identity_like(getattr(self, site.activation_fn)))
-
-  def get_config(self):
-    return {**super().get_config(), "norm_activation": self._norm_activation}
 
 
 def norm_layers(layer: tf_keras.layers.Layer) -> list[tf_keras.layers.Layer]:

@@ -50,15 +50,14 @@ class EfficientNet(SerializableBackbone):
                        f"{sorted(mg_efficientnet.SCALING_MAP)}. "
                        f"Received: {model_id!r}.")
     self._config_dict = dict(
-        model_id=model_id, norm_activation=dict(norm_activation or {}),
+        model_id=model_id,
         se_ratio=se_ratio,
         stochastic_depth_drop_rate=stochastic_depth_drop_rate,
         activation=activation, se_inner_activation=se_inner_activation,
         kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer,
         bias_regularizer=bias_regularizer)
-    make_norm = norm_lib.make_norm_factory(
-        self._config_dict["norm_activation"])
+    make_norm = self.use_norm_activation(norm_activation)
     conv_kwargs = dict(use_bias=False, padding="same",
                        kernel_initializer=kernel_initializer,
                        kernel_regularizer=kernel_regularizer,
@@ -89,7 +88,7 @@ class EfficientNet(SerializableBackbone):
             bias_regularizer=bias_regularizer,
             activation=activation,
             se_inner_activation=se_inner_activation,
-            norm_activation=self._config_dict["norm_activation"],
+            norm_activation=make_norm,
             name=f"block_group_{i}_block_{j}")(x)
       if spec.is_output:
         endpoints[str(level)] = x

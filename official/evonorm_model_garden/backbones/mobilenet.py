@@ -76,15 +76,15 @@ class MobileNet(SerializableBackbone):
                        f". Received: {model_id!r}.")
     self._config_dict = dict(
         model_id=model_id, filter_size_scale=filter_size_scale,
-        norm_activation=dict(norm_activation or {}),
         stochastic_depth_drop_rate=stochastic_depth_drop_rate,
         kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer,
         bias_regularizer=bias_regularizer)
+    make_norm = self.use_norm_activation(norm_activation)
     common = dict(kernel_initializer=kernel_initializer,
                   kernel_regularizer=kernel_regularizer,
                   bias_regularizer=bias_regularizer,
-                  norm_activation=self._config_dict["norm_activation"])
+                  norm_activation=make_norm)
 
     inputs = tf_keras.Input(shape=input_specs.shape[1:])
     x, endpoints, level = inputs, {}, 2

@@ -16,6 +16,7 @@ import tf_keras
 from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.layers import nn_blocks
 
+import evonorm_layers
 from evonorm_model_garden import norm_activation as norm_lib
 from evonorm_model_garden.backbones import blocks
 
@@ -26,20 +27,19 @@ _BLOCKS = {nn_blocks.ResidualBlock: blocks.ResidualBlock,
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class ResNet(mg_resnet.ResNet):
+class ResNet(evonorm_layers.UsesNormActivation, mg_resnet.ResNet):
   """Model Garden's ResNet v1; ``norm_activation`` picks every norm site.
 
   Args:
-    norm_activation: ``evonorm_layers.NormActivationFactory`` fields as a dict
-      (``type``, ``groups``, ``epsilon``, ``momentum``, ``synchronized``).
+    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
+      as a dict, or a layer name.
     **kwargs: Model Garden ``ResNet`` arguments. Its ``use_sync_bn``,
       ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
       ``norm_activation``.
   """
 
   def __init__(self, norm_activation=None, **kwargs):
-    self._norm_activation = dict(norm_activation or {})
-    self._make_norm = norm_lib.make_norm_factory(self._norm_activation)
+    self.use_norm_activation(norm_activation)
     super().__init__(**kwargs)
 
   def _conv(self, x, filters, kernel_size, strides):
@@ -75,12 +75,9 @@ class ResNet(mg_resnet.ResNet):
 
   def _block_group(self, inputs, filters, strides, block_fn, *args, **kwargs):
     block = functools.partial(_BLOCKS[block_fn],
-                              norm_activation=self._norm_activation)
+                              norm_activation=self._make_norm)
     return super()._block_group(inputs, filters, strides, block, *args,
                                 **kwargs)
-
-  def get_config(self):
-    return {**super().get_config(), "norm_activation": self._norm_activation}
 
 
 build_resnet = norm_lib.register_backbone(

@@ -72,9 +72,9 @@ class ResNetV2(SerializableBackbone):
     if stem_type not in STEM_TYPES:
       raise ValueError(f"ResNetV2: `stem_type` must be one of {STEM_TYPES}. "
                        f"Received: {stem_type!r}.")
-    self._make_norm = norm_lib.make_norm_factory(norm_activation)
+    self.use_norm_activation(norm_activation)
     self._config_dict = dict(
-        model_id=model_id, norm_activation=self._make_norm.as_dict(),
+        model_id=model_id,
         stem_type=stem_type, width_multiplier=width_multiplier,
         kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer)

@@ -2,11 +2,14 @@
 
 Each backbone is a functional ``tf_keras.Model`` built in ``__init__`` from
 its constructor arguments, kept in ``self._config_dict`` (regularizer
-objects serialized as dicts), with its endpoints' shapes in
+objects serialized as dicts) besides its norm-activation factory
+(``evonorm_layers.UsesNormActivation``), with its endpoints' shapes in
 ``self._output_specs``, as Model Garden's backbones do.
 """
 
 import tf_keras
+
+import evonorm_layers
 
 _REGULARIZER_KEYS = ("kernel_regularizer", "bias_regularizer")
 
@@ -22,11 +25,15 @@ def deserialize_regularizers(config: dict) -> dict:
           for k, v in config.items()}
 
 
-class SerializableBackbone(tf_keras.Model):
-  """``get_config``/``from_config`` and ``output_specs`` of a backbone."""
+class _ConfigDictModel(tf_keras.Model):
 
   def get_config(self):
     return serialize_regularizers(self._config_dict)
+
+
+class SerializableBackbone(evonorm_layers.UsesNormActivation,
+                           _ConfigDictModel):
+  """``get_config``/``from_config`` and ``output_specs`` of a backbone."""
 
   @classmethod
   def from_config(cls, config, custom_objects=None):

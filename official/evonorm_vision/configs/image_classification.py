@@ -59,8 +59,8 @@ class ImageClassificationModel(mg_cls.ImageClassificationModel):
   backbone: backbones.Backbone = dataclasses.field(
       default_factory=lambda: backbones.Backbone(
           type="resnet_v2", resnet_v2=backbones.ResNetV2()))
-  norm_activation: norm_lib.NormActivation = dataclasses.field(
-      default_factory=lambda: norm_lib.NormActivation(
+  norm_activation: norm_lib.NormActivationConfig = dataclasses.field(
+      default_factory=lambda: norm_lib.NormActivationConfig(
           type="evonorm_b0", norm_momentum=0.9, norm_epsilon=1e-5,
           use_sync_bn=False))
 
