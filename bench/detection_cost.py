@@ -23,10 +23,8 @@ to ``bn_relu`` in the same run.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,6 +43,7 @@ from tqdm import tqdm
 
 from evonorm_detection import registry_imports  # noqa: F401
 from evonorm_detection.data import shapes
+import timing  # bench/
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BASELINE = "bn_relu"
@@ -148,26 +147,16 @@ def _step(model_name, layer, data_dir, size, batch):
 
 
 def time_steps(model_name, names, data_dir, size, batch) -> list[dict]:
-  steps = {}
-  for name in tqdm(names, desc=f"{model_name}: build + warm up",
-                   file=sys.stderr):
-    steps[name] = _step(model_name, name, data_dir, size, batch)
-    steps[name]()
-  times = {name: [] for name in names}
-  for _ in tqdm(range(_ROUNDS.value), desc=f"{model_name}: timing rounds",
-                file=sys.stderr):
-    for name in names:
-      for _ in range(_STEPS.value):
-        start = time.perf_counter()
-        loss = steps[name]()
-        times[name].append(time.perf_counter() - start)
-        if not np.isfinite(loss):
-          raise FloatingPointError(f"{name}: non-finite loss")
-  base = statistics.median(times[BASELINE])
-  return [dict(model=model_name, layer=name,
-               step_ms=1e3 * statistics.median(times[name]),
-               ratio=statistics.median(times[name]) / base)
-          for name in names]
+  steps = timing.build_and_warm_up(
+      names, lambda name: _step(model_name, name, data_dir, size, batch),
+      desc=f"{model_name}: build + warm up")
+  times = timing.interleaved(
+      {name: timing.timed(name, step) for name, step in steps.items()},
+      _ROUNDS.value, _STEPS.value, desc=f"{model_name}: timing rounds")
+  return [dict(model=model_name, layer=name, step_ms=1e3 * median,
+               ratio=ratio)
+          for name, (median, ratio) in timing.medians_and_ratios(
+              times, BASELINE).items()]
 
 
 def main(argv):

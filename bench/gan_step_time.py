@@ -13,9 +13,6 @@ ratios to ``bn_relu`` measured in the same run.
 from __future__ import annotations
 
 import os
-import statistics
-import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,10 +22,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 from official.common import distribute_utils
-from tqdm import tqdm
 
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
+import timing  # bench/
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BASELINE = "bn_relu"
@@ -70,28 +67,19 @@ def _step(layer: str):
 def main(argv):
   del argv
   names = [BASELINE] + [n for n in _LAYERS.value if n != BASELINE]
-  steps = {}
-  for name in tqdm(names, desc="build + warm up", file=sys.stderr):
-    steps[name] = _step(name)
-    steps[name]()
-  times = {name: [] for name in names}
-  for _ in tqdm(range(_ROUNDS.value), desc="timing rounds", file=sys.stderr):
-    for name in names:
-      for _ in range(_STEPS.value):
-        start = time.perf_counter()
-        if not np.isfinite(steps[name]()):
-          raise FloatingPointError(f"{name}: non-finite loss")
-        times[name].append(time.perf_counter() - start)
-  base = statistics.median(times[BASELINE])
+  steps = timing.build_and_warm_up(names, _step)
+  times = timing.interleaved(
+      {name: timing.timed(name, step) for name, step in steps.items()},
+      _ROUNDS.value, _STEPS.value)
+  results = timing.medians_and_ratios(times, BASELINE)
   print(f"\nBigGAN-deep {_RESOLUTION.value}x{_RESOLUTION.value}, ch "
         f"{_CH.value}, batch {_BATCH.value}: one D step + one G step, CPU "
         f"graph mode; median of {_ROUNDS.value * _STEPS.value} steps, ratio "
         f"to {BASELINE} in this run.\n")
   print("| generator layer | step (ms) | time vs bn_relu |")
   print("|---|---:|---:|")
-  for name in names:
-    median = statistics.median(times[name])
-    print(f"| {name} | {1e3 * median:.0f} | {median / base:.2f}x |")
+  for name, (median, ratio) in results.items():
+    print(f"| {name} | {1e3 * median:.0f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

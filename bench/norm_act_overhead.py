@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -51,7 +49,6 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.modeling.backbones import factory  # noqa: E402
@@ -61,6 +58,7 @@ from evonorm_layers import fused  # noqa: E402
 from evonorm_model_garden import norm_activation as norm_lib  # noqa: E402
 from evonorm_vision import registry_imports  # noqa: E402,F401
 from evonorm_model_garden.backbones import configs as backbones  # noqa: E402
+import timing  # noqa: E402  (bench/)
 
 BASELINE = "bn_relu"
 KERAS_REFERENCE = "keras_bn_relu"
@@ -178,32 +176,29 @@ def _run_step(step, data, device):
 
 def _measure(model_name, names, jit, device, data):
   """Median step time and peak step memory of each layer on one backbone."""
-  steps, memory = {}, {}
-  for name in tqdm(names, desc=f"{model_name}: build + warm up",
-                   file=sys.stderr):
-    steps[name] = _build_step(model_name, name, jit)
-    for _ in range(_WARMUP.value):
-      _, peak = _run_step(steps[name], data, device)
-    memory[name] = peak
-  times = {name: [] for name in names}
-  for _ in tqdm(range(_ROUNDS.value), desc=f"{model_name}: timing rounds",
-                file=sys.stderr):
-    for name in names:
-      for _ in range(_STEPS.value):
-        seconds, peak = _run_step(steps[name], data, device)
-        times[name].append(seconds)
-        memory[name] = max(memory[name], peak)
-  base_time = statistics.median(times[BASELINE])
-  rows = []
-  for name in names:
-    median = statistics.median(times[name])
-    rows.append(dict(model=model_name, layer=name,
-                     median_step_ms=1e3 * median,
-                     time_ratio=median / base_time,
-                     peak_step_mib=memory[name] / 2**20,
-                     memory_ratio=memory[name] / memory[BASELINE],
-                     timed_steps=len(times[name])))
-  return rows
+  memory = {name: 0 for name in names}
+
+  def measured(name, step):
+    """One step: its seconds, and its peak memory kept in ``memory``."""
+
+    def run():
+      seconds, peak = _run_step(step, data, device)
+      memory[name] = max(memory[name], peak)
+      return seconds
+
+    return run
+
+  steps = timing.build_and_warm_up(
+      names, lambda name: measured(name, _build_step(model_name, name, jit)),
+      _WARMUP.value, desc=f"{model_name}: build + warm up")
+  times = timing.interleaved(steps, _ROUNDS.value, _STEPS.value,
+                             desc=f"{model_name}: timing rounds")
+  return [dict(model=model_name, layer=name, median_step_ms=1e3 * median,
+               time_ratio=ratio, peak_step_mib=memory[name] / 2**20,
+               memory_ratio=memory[name] / memory[BASELINE],
+               timed_steps=len(times[name]))
+          for name, (median, ratio) in timing.medians_and_ratios(
+              times, BASELINE).items()]
 
 
 def main(argv):
