@@ -151,14 +151,16 @@ def _logged(path: str, key: str) -> dict:
     return {r[key]: r for r in map(json.loads, f)}
 
 
-def evaluate_all(evaluator, jobs: dict, proxy: dict, path: str, entry,
-                 bar=None) -> dict:
-  """Evaluates ``jobs`` (key -> candidate) on the workers at once, appending
-  ``entry(key, candidate, result)`` to the log at ``path`` as each finishes
-  (a killed run keeps what finished); returns key -> entry."""
+def evaluate_logged(evaluator, jobs: dict, proxy: dict, path: str,
+                    key_field: str, entry, bar=None) -> dict:
+  """Evaluates the ``jobs`` (key -> candidate) not yet in the log at
+  ``path`` on the workers at once, appending ``entry(key, candidate,
+  result)`` (whose ``key_field`` is the key) as each finishes, so a killed
+  run keeps what finished and a resumed one redoes only the rest; returns
+  key -> entry for every job, logged before or now."""
+  done = _logged(path, key_field)
   refs = {evaluator.submit(candidate, proxy, []): key
-          for key, candidate in jobs.items()}
-  done = {}
+          for key, candidate in jobs.items() if key not in done}
   while refs:
     ref = evaluator.wait_one(refs)
     key = refs.pop(ref)
@@ -182,18 +184,15 @@ def evaluate_baselines(config, evaluator, store, names, bar=None) -> dict:
   """Evaluates the baselines (known layers) and the seed layers once, under
   the search's proxy; kept in ``baselines.jsonl``. Raises ValueError when
   BN-ReLU is rejected: the proxy would not tell good layers from bad."""
-  path = store.path(report.BASELINE_LOG)
-  done = _logged(path, "layer")
-  todo = {name: job for name, job in baseline_jobs(config, names).items()
-          if name not in done}
 
   def entry(name, candidate, result):
     graph = LayerGraph.from_dict(candidate["graph"])
     return {**result, "layer": name, "graph": candidate["graph"],
             "formula": graph.formula(), "fingerprint": graph.fingerprint()}
 
-  done.update(evaluate_all(evaluator, todo, config.proxy.to_dict(), path,
-                           entry, bar))
+  done = evaluate_logged(evaluator, baseline_jobs(config, names),
+                         config.proxy.to_dict(),
+                         store.path(report.BASELINE_LOG), "layer", entry, bar)
   bn_relu = done.get("bn_relu")
   if bn_relu is not None and bn_relu["status"] != "accepted":
     raise ValueError(
@@ -209,14 +208,11 @@ def rerank(config, search_records, evaluator, store, top_k, steps,
            known=(), bar=None):
   """Re-trains the best found layers on held-out data; returns id ->
   result."""
-  path = store.path(report.RERANK_LOG)
-  done = _logged(path, "id")
   proxy = dataclasses.replace(config.proxy, train_steps=steps,
                               quality_threshold=0.0, stability_steps=0,
                               eval_split="held_out").to_dict()
-  todo = {r["id"]: {"id": r["id"], "graph": r["graph"]}
-          for r in report.best(search_records, top_k, known)
-          if r["id"] not in done}
+  jobs = {r["id"]: {"id": r["id"], "graph": r["graph"]}
+          for r in report.best(search_records, top_k, known)}
 
   def entry(record_id, candidate, result):
     del candidate
@@ -225,8 +221,8 @@ def rerank(config, search_records, evaluator, store, top_k, steps,
             "score": (sum(fitness.values()) / len(fitness)) if fitness
             else 0.0, "status": result.get("status")}
 
-  done.update(evaluate_all(evaluator, todo, proxy, path, entry, bar))
-  return done
+  return evaluate_logged(evaluator, jobs, proxy,
+                         store.path(report.RERANK_LOG), "id", entry, bar)
 
 
 def main(argv):
