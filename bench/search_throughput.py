@@ -11,7 +11,7 @@ evaluation on this machine; once per evaluation path (``--paths``,
 stability test on an anchor traced once per worker, the rest compiled for
 the candidate), ``sessions``
 (every stage on the traced anchors, candidates interpreted) and
-``compiled`` (a model built and traced per candidate: the way before), side
+``compiled`` (a model built and traced per candidate, no interpreter), side
 by side. Prints, per path:
 
 * candidates evaluated per core-hour, from the wall time of the search loop
@@ -76,7 +76,7 @@ _PATHS = flags.DEFINE_list(
     "paths", list(evaluation.PATHS), "Where candidates' stages run "
     "(evaluation.PATHS): 'sessions' (anchors built and traced once per "
     "worker, graphs interpreted), 'compiled' (a model built and traced per "
-    "candidate, the way before) and 'hybrid' (the first anchor's stability "
+    "candidate, no interpreter) and 'hybrid' (the first anchor's stability "
     "test on sessions, the rest compiled); the same random layers for each.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Keep the searches' logs here (default: a temporary "

@@ -409,7 +409,7 @@ class AnchorSession:
 
   The anchor is built with ``ProgramNormActivation`` at every norm site;
   its training step, evaluation and stability step are traced on creation
-  (``setup_seconds``). :meth:`start` loads a candidate's graph and puts
+  (the stage ``setup`` of :func:`evaluate`). :meth:`start` loads a candidate's graph and puts
   every weight and the optimizer back to their initial values, so each
   candidate trains from the same initialization, on the same batches, as
   a freshly built model would, without building or tracing anything.
@@ -419,7 +419,6 @@ class AnchorSession:
 
   def __init__(self, anchor: str, config: proxies.ProxyConfig,
                data: proxies.ProxyData):
-    start = time.perf_counter()
     disable_graph_optimizations()
     self.anchor, self.config = anchor, config
     tf_keras.utils.set_random_seed(config.seed)
@@ -438,17 +437,12 @@ class AnchorSession:
     self.ascend = (make_ascent_step(self.model, data, config,
                                     self.trainer.gradients)
                    if config.stability_steps else None)
-    self.setup_stages = {"build": time.perf_counter() - start}
     # Trace everything now, on a known layer, so candidates only run.
     self.start(self.WARM_UP)
-    for stage, run in (("trace_training", lambda: self.trainer.train_until(1)),
-                       ("trace_evaluation", self.trainer.accuracy),
-                       ("trace_stability", self.ascend)):
+    for run in (lambda: self.trainer.train_until(1), self.trainer.accuracy,
+                self.ascend):
       if run is not None:
-        begin = time.perf_counter()
         run()
-        self.setup_stages[stage] = time.perf_counter() - begin
-    self.setup_seconds = time.perf_counter() - start
 
   def start(self, graph: LayerGraph):
     """Loads ``graph``; weights, statistics and optimizer to step 0."""
@@ -497,12 +491,8 @@ class CompiledAnchor:
   """A model built with the compiled ``SearchedNormActivation`` for one
   candidate, its steps traced for it: the stability test, then (from the
   same initial weights) the quality test and the training run on it. The
-  hybrid path trains here; the compiled path, the way before
-  ``AnchorSession``, runs every stage here and is the benchmark's
-  baseline."""
-
-  setup_seconds = 0.0
-  setup_stages: dict = {}
+  hybrid path trains here; the compiled path runs every stage here (no
+  interpreter) and is the throughput benchmark's baseline."""
 
   def __init__(self, anchor: str, config: proxies.ProxyConfig,
                data: proxies.ProxyData, initial: list | None = None,
@@ -602,8 +592,7 @@ def evaluate(graph: LayerGraph, config: proxies.ProxyConfig,
 
   ``path`` (one of ``PATHS``) says where each stage runs: ``"sessions"``
   runs all of them on ``AnchorSession``s; ``"compiled"`` on models built
-  and traced for this candidate (``CompiledAnchor``, the way before
-  sessions); ``"hybrid"`` (the default) runs the first anchor's stability
+  and traced for this candidate (``CompiledAnchor``); ``"hybrid"`` (the default) runs the first anchor's stability
   test, which most candidates fail within a few steps, on its session, and
   the rest on compiled models, whose steps run three times faster than the
   interpreter's. ``sessions`` (anchor -> ``AnchorSession``) are reused
