@@ -1,7 +1,8 @@
 r"""Detection quickstart: a small Mask R-CNN with EvoNorm-B0, offline on a CPU.
 
   python -m evonorm_detection.quickstart            # a few minutes
-  python -m evonorm_detection.quickstart --layer=evonorm_s0
+  python -m evonorm_detection.quickstart --layers=evonorm_s0
+  python -m evonorm_detection.quickstart --layers=bn_relu,evonorm_b0
 
 Writes the generated shapes dataset (``evonorm_detection.data.shapes``:
 shapes with exact boxes and masks on crops of scikit-learn's sample photos),
@@ -12,7 +13,8 @@ evaluator, exports a SavedModel with the detection serving module, reloads
 it, runs it on the 64 validation images and prints how many objects it found
 and how often of the right class (one box per object:
 :mod:`evonorm_detection.predictions`), and draws the ground truth above its
-boxes and masks (``WORKDIR/predictions.png``). A check of the pipeline, not
+boxes and masks (``WORKDIR/predictions.png``; with several ``--layers``,
+one table row and ``WORKDIR/predictions_<layer>.png`` per layer). A check of the pipeline, not
 a COCO result: the data are toy shapes and the training is minutes long.
 """
 
@@ -31,8 +33,8 @@ from evonorm_detection import predictions
 from evonorm_detection import quickstart_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_LAYER = flags.DEFINE_string("layer", "evonorm_b0",
-                             "The registered layer at every norm site.")
+_LAYERS = flags.DEFINE_list("layers", ["evonorm_b0"], "Registered layers, "
+                            "each trained in turn at every norm site.")
 _WORKDIR = flags.DEFINE_string("workdir", "evonorm_detection_quickstart",
                                "Data, checkpoints, the export and pictures.")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Passes over the 256 training "
@@ -49,21 +51,27 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print TensorFlow's and the "
 
 def main(argv):
   del argv
-  r = quickstart_lib.run(_LAYER.value, _WORKDIR.value, _EPOCHS.value,
-                         _OVERRIDE.value, _VERBOSE.value, _STEPS.value)
+  several = len(_LAYERS.value) > 1
+  results = [quickstart_lib.run(
+      layer, _WORKDIR.value, _EPOCHS.value, _OVERRIDE.value, _VERBOSE.value,
+      _STEPS.value,
+      f"predictions_{layer}.png" if several else "predictions.png")
+             for layer in _LAYERS.value]
   print("\n| layer | box AP | mask AP | objects found | of those, right "
         "class | false detections |")
   print("|---|---:|---:|---:|---:|---:|")
-  print(f"| {r['layer']} | {r['box_ap']:.3f} | {r['mask_ap']:.3f} | "
-        f"{r['found']}/{r['objects']} | {r['correct_class']}/{r['found']} | "
-        f"{r['false_detections']} |")
-  print(f"\nClasses of the {r['objects']} validation objects against the "
-        "detections matched to them (reloaded SavedModel; score >= "
-        f"{predictions.MIN_SCORE}, one box per object, box IoU >= "
-        f"{predictions.MATCH_IOU}):\n")
-  print("\n".join(predictions.confusion_table(np.asarray(r["confusion"]))))
-  print(f"\nSavedModel: {r['saved_model']}\nPredictions: {r['picture']}\n"
-        "(Toy shapes and minutes of training: a check of the pipeline, not "
+  for r in results:
+    print(f"| {r['layer']} | {r['box_ap']:.3f} | {r['mask_ap']:.3f} | "
+          f"{r['found']}/{r['objects']} | {r['correct_class']}/{r['found']} "
+          f"| {r['false_detections']} |")
+  for r in results:
+    print(f"\nClasses of the {r['objects']} validation objects against the "
+          f"detections of {r['layer']} matched to them (reloaded SavedModel; "
+          f"score >= {predictions.MIN_SCORE}, one box per object, box IoU >= "
+          f"{predictions.MATCH_IOU}):\n")
+    print("\n".join(predictions.confusion_table(np.asarray(r["confusion"]))))
+    print(f"\nSavedModel: {r['saved_model']}\nPredictions: {r['picture']}")
+  print("(Toy shapes and minutes of training: a check of the pipeline, not "
         "a COCO result.)")
 
 

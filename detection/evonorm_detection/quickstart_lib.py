@@ -87,8 +87,10 @@ def read_predictions(export_dir: str, data_dir: str):
 
 
 def run(layer: str, workdir: str, epochs: int, params_override: str = "",
-        verbose: bool = False, steps: int | None = None) -> dict:
-  """Trains, evaluates, exports, reloads and draws; returns the results."""
+        verbose: bool = False, steps: int | None = None,
+        picture_name: str = "predictions.png") -> dict:
+  """Trains, evaluates, exports, reloads and draws (``WORKDIR/
+  picture_name``); returns the results."""
   data_dir = os.path.join(workdir, "data")
   with cli.user_errors():  # bad names and overrides, before any work
     params = experiment_params(layer, data_dir, epochs, params_override,
@@ -103,7 +105,7 @@ def run(layer: str, workdir: str, epochs: int, params_override: str = "",
       None if verbose else os.path.join(model_dir, "train.log")):
     export.export(params, model_dir, export_dir)
   images, truths, kept, counts = read_predictions(export_dir, data_dir)
-  picture = os.path.join(workdir, "predictions.png")
+  picture = os.path.join(workdir, picture_name)
   predictions.draw(images[:PICTURED], truths[:PICTURED], kept[:PICTURED],
                    picture, f"Mask R-CNN ({layer}) on generated shapes, "
                    "validation images")
