@@ -24,7 +24,6 @@ import tf_keras
 from official.vision.modeling.backbones import spinenet as mg_spinenet
 from official.vision.ops import spatial_transform_ops
 
-import evonorm_layers
 from evonorm_model_garden import norm_activation as norm_lib
 from evonorm_model_garden.backbones import blocks
 
@@ -34,20 +33,9 @@ _BLOCKS = {"bottleneck": blocks.BottleneckBlock,
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class SpineNet(evonorm_layers.UsesNormActivation, mg_spinenet.SpineNet):
-  """Model Garden's SpineNet; ``norm_activation`` picks every norm site.
-
-  Args:
-    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
-      as a dict, or a layer name.
-    **kwargs: Model Garden ``SpineNet`` arguments; ``use_sync_bn``,
-      ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
-      ``norm_activation``.
-  """
-
-  def __init__(self, norm_activation=None, **kwargs):
-    self.use_norm_activation(norm_activation)
-    super().__init__(**kwargs)
+class SpineNet(norm_lib.TakesNormActivation, mg_spinenet.SpineNet):
+  """Model Garden's SpineNet; ``norm_activation`` picks every norm site
+  (:class:`~evonorm_model_garden.norm_activation.TakesNormActivation`)."""
 
   def _conv_norm(self, x, filters: int, kernel_size: int, strides: int = 1,
                  nonlinearity: bool = True):

@@ -53,6 +53,18 @@ class NormActivationConfig(common.NormActivation):
   zero_init_residual: bool = False
 
 
+class TakesNormActivation(evonorm_layers.UsesNormActivation):
+  """For a subclass of a Model Garden network whose norms come from its
+  methods (ResNet, SpineNet): takes ``norm_activation`` (an
+  ``evonorm_layers.NormActivationFactory``, its fields as a dict, or a
+  layer name) besides Model Garden's own arguments, whose ``use_sync_bn``,
+  ``norm_momentum`` and ``norm_epsilon`` it makes irrelevant."""
+
+  def __init__(self, norm_activation=None, **kwargs):
+    self.use_norm_activation(norm_activation)
+    super().__init__(**kwargs)
+
+
 def factory_from_config(config, axis: int | None = None
                         ) -> evonorm_layers.NormActivationFactory:
   """The layer factory for a norm-activation config (validates ``type``)."""

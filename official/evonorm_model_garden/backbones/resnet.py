@@ -16,7 +16,6 @@ import tf_keras
 from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.layers import nn_blocks
 
-import evonorm_layers
 from evonorm_model_garden import norm_activation as norm_lib
 from evonorm_model_garden.backbones import blocks
 
@@ -27,20 +26,9 @@ _BLOCKS = {nn_blocks.ResidualBlock: blocks.ResidualBlock,
 
 
 @tf_keras.utils.register_keras_serializable(package="EvoNorm")
-class ResNet(evonorm_layers.UsesNormActivation, mg_resnet.ResNet):
-  """Model Garden's ResNet v1; ``norm_activation`` picks every norm site.
-
-  Args:
-    norm_activation: an ``evonorm_layers.NormActivationFactory``, its fields
-      as a dict, or a layer name.
-    **kwargs: Model Garden ``ResNet`` arguments. Its ``use_sync_bn``,
-      ``norm_momentum`` and ``norm_epsilon`` are ignored in favour of
-      ``norm_activation``.
-  """
-
-  def __init__(self, norm_activation=None, **kwargs):
-    self.use_norm_activation(norm_activation)
-    super().__init__(**kwargs)
+class ResNet(norm_lib.TakesNormActivation, mg_resnet.ResNet):
+  """Model Garden's ResNet v1; ``norm_activation`` picks every norm site
+  (:class:`~evonorm_model_garden.norm_activation.TakesNormActivation`)."""
 
   def _conv(self, x, filters, kernel_size, strides):
     return layers.Conv2D(
