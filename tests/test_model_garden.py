@@ -23,7 +23,6 @@ from evonorm_layers.search import KNOWN_GRAPHS
 from evonorm_model_garden import experiments
 from evonorm_model_garden import export
 from evonorm_vision.data import offline as offline_data
-from evonorm_vision.tasks import image_classification as task_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAML_DIR = os.path.join(REPO, "official", "configs", "experiments")

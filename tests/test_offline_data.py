@@ -102,8 +102,9 @@ def test_search_proxy_data_from_mnist5k():
   """--dataset=mnist5k: the search trains on 3000 and validates on 1000 of
   the training split (drawn by its seed); the fixed validation split is its
   held-out set, seen only when re-ranking."""
-  from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
-  data = proxies.load_data(proxies.ProxyConfig(dataset="mnist5k",
+  from evonorm_layers.search import proxy_config  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import proxy_data  # pylint: disable=g-import-not-at-top
+  data = proxy_data.load_data(proxy_config.ProxyConfig(dataset="mnist5k",
                                                image_size=16, seed=1))
   assert data.name == "mnist5k"
   assert [len(s[1]) for s in (data.train, data.validation, data.held_out)
@@ -114,6 +115,6 @@ def test_search_proxy_data_from_mnist5k():
   np.testing.assert_array_equal(data.held_out[1], held_labels)
   train_rows = _rows(data.train[0]) | _rows(data.validation[0])
   assert not train_rows & _rows(data.held_out[0])
-  other = proxies.load_data(proxies.ProxyConfig(dataset="mnist5k",
+  other = proxy_data.load_data(proxy_config.ProxyConfig(dataset="mnist5k",
                                                 image_size=16, seed=2))
   assert not np.array_equal(other.validation[1], data.validation[1])

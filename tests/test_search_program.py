@@ -266,15 +266,17 @@ def test_sessions_score_like_freshly_built_compiled_models():
   its first anchor's stability record from the session, the other
   anchors' and every accuracy from the compiled models."""
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
-  from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
-  config = proxies.ProxyConfig(
+  from evonorm_layers.search import tensorflow_hygiene  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import proxy_config  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import proxy_data  # pylint: disable=g-import-not-at-top
+  config = proxy_config.ProxyConfig(
       dataset="digits", image_size=16, width=4, batch_size=32,
       anchors=("resnet",), quality_steps=10, train_steps=15,
       eval_examples=200, stability_steps=2, quality_threshold=0.0,
       # The laptop preset's; the exact direction's second derivatives are
       # compared layer by layer above.
       stability_direction="finite_difference")
-  data = proxies.load_data(config)
+  data = proxy_data.load_data(config)
   sessions = {}
   records = {}
   for name, paths in (("evonorm_b0", evaluation.PATHS),
@@ -322,7 +324,7 @@ def test_sessions_score_like_freshly_built_compiled_models():
   # gradient registry kept every compiled model's graphs alive).
   def alive():
     gc.collect()
-    return (evaluation.custom_gradient_names(), sum(
+    return (tensorflow_hygiene.custom_gradient_names(), sum(
         isinstance(o, func_graph.FuncGraph) for o in gc.get_objects()))
   before = alive()
   evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, sessions=sessions,

@@ -5,11 +5,16 @@ import pytest
 import tf_keras
 
 from evonorm_layers.search import evaluation
+from evonorm_layers.search import protocols
+from evonorm_layers.search import proxy_training
+from evonorm_layers.search import runners
 from evonorm_layers.search import known_layers
-from evonorm_layers.search import proxies
+from evonorm_layers.search import anchors
+from evonorm_layers.search import proxy_config
+from evonorm_layers.search import proxy_data
 from evonorm_layers.search.graph import graph
 
-CONFIG = proxies.ProxyConfig(
+CONFIG = proxy_config.ProxyConfig(
     dataset="digits", image_size=16, width=4, batch_size=32,
     anchors=("resnet", "mobilenet"), quality_steps=40, train_steps=40,
     eval_examples=200)
@@ -17,23 +22,23 @@ CONFIG = proxies.ProxyConfig(
 
 @pytest.fixture(scope="module")
 def data():
-  return proxies.load_data(CONFIG)
+  return proxy_data.load_data(CONFIG)
 
 
 def _with(**changes):
-  return proxies.ProxyConfig(**{**CONFIG.to_dict(), **changes})
+  return proxy_config.ProxyConfig(**{**CONFIG.to_dict(), **changes})
 
 
 def _stability(g, anchor, data, config=CONFIG):
-  model = proxies.build_model(anchor, evaluation.searched_norm_maker(g, config),
+  model = anchors.build_model(anchor, runners.searched_norm_maker(g, config),
                               config)
-  return evaluation.stability_test(model, data, config)
+  return protocols.stability_test(model, data, config)
 
 
-@pytest.mark.parametrize("direction", proxies.STABILITY_DIRECTIONS)
+@pytest.mark.parametrize("direction", proxy_config.STABILITY_DIRECTIONS)
 @pytest.mark.parametrize("variant", ["max_to_add", "no_global_term"])
 def test_stability_rejects_unstable_b0_variants(variant, direction, data):
-  with pytest.raises(evaluation.Rejected) as rejection:
+  with pytest.raises(protocols.Rejected) as rejection:
     _stability(known_layers.B0_VARIANTS[variant], "resnet", data,
                _with(stability_direction=direction))
   assert rejection.value.reason == "stability"
@@ -54,15 +59,15 @@ def test_finite_difference_ascent_follows_the_exact_direction(data):
   difference of gradients points where the second-order derivative does
   (EvoNorm-S0: a smooth network, so the two agree closely)."""
   config = _with(stability_step_size=0.05)
-  model = proxies.build_model(
-      "resnet", evaluation.searched_norm_maker(
+  model = anchors.build_model(
+      "resnet", runners.searched_norm_maker(
           known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
   start = [v.numpy() for v in model.trainable_variables]
   moved = {}
-  for direction in proxies.STABILITY_DIRECTIONS:
+  for direction in proxy_config.STABILITY_DIRECTIONS:
     for variable, value in zip(model.trainable_variables, start):
       variable.assign(value)
-    ascend = evaluation.make_ascent_step(
+    ascend = protocols.make_ascent_step(
         model, data, _with(stability_step_size=0.05,
                            stability_direction=direction))
     norm = float(ascend())
@@ -87,18 +92,18 @@ def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
   steps tf_keras' SGD(momentum=0.9) takes with CosineDecay over
   ``train_steps``, on the same model, batches and gradients."""
   config = _with(train_steps=6, quality_steps=3, learning_rate=0.05)
-  model = proxies.build_model("resnet", evaluation.searched_norm_maker(
+  model = anchors.build_model("resnet", runners.searched_norm_maker(
       known_layers.KNOWN_GRAPHS["evonorm_s0"], config), config)
   start = model.get_weights()
-  trainer = evaluation.ProxyTrainer(model, data, config)
+  trainer = proxy_training.ProxyTrainer(model, data, config)
   trainer.train_until(config.train_steps)
   ours = [v.numpy() for v in model.trainable_variables]
   model.set_weights(start)
   optimizer = tf_keras.optimizers.SGD(
       tf_keras.optimizers.schedules.CosineDecay(config.learning_rate,
                                                 config.train_steps),
-      momentum=evaluation.MOMENTUM)
-  stream = proxies.batches(data.train, config.batch_size, config.seed)
+      momentum=proxy_training.MOMENTUM)
+  stream = proxy_data.batches(data.train, config.batch_size, config.seed)
   for _ in range(config.train_steps):
     _, grads = trainer.gradients(*next(stream))
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -113,17 +118,17 @@ def test_proxy_training_is_keras_sgd_with_momentum_and_cosine_decay(data):
 def test_batches_are_reproducible_reshuffled_and_complete():
   images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
   split = (images, np.arange(10))
-  stream = proxies.batches(split, 4, seed=3)
+  stream = proxy_data.batches(split, 4, seed=3)
   labels = np.concatenate([next(stream)[1] for _ in range(5)])
   # Each epoch is a permutation; the two differ; a batch spans them.
   assert sorted(labels[:10]) == sorted(labels[10:]) == list(range(10))
   assert list(labels[:10]) != list(labels[10:])
-  again = proxies.batches(split, 4, seed=3)
+  again = proxy_data.batches(split, 4, seed=3)
   x, y = next(again)
   np.testing.assert_array_equal(y, labels[:4])
   np.testing.assert_allclose(x.ravel(), (y - 127.5) / 64.0)
   assert x.dtype == np.float32
-  once = [y for _, y in proxies.batches(split, 4, seed=3, repeat=False)]
+  once = [y for _, y in proxy_data.batches(split, 4, seed=3, repeat=False)]
   assert [list(y) for y in once] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
@@ -163,20 +168,20 @@ def test_degenerate_layers_are_rejected_without_crashing(g, reason, data):
 def test_probe_rejects_layers_whose_output_ignores_x(g):
   """These graphs read x, yet compute a constant: rejected at the probe
   (for free), not after the stability and quality tests."""
-  with pytest.raises(evaluation.Rejected) as info:
-    evaluation.probe(g)
+  with pytest.raises(protocols.Rejected) as info:
+    protocols.probe(g)
   assert info.value.reason == "quality"
   assert "does not depend on x" in info.value.detail["detail"]
   # Layers that do depend on x pass.
-  evaluation.probe(known_layers.KNOWN_GRAPHS["evonorm_b0"])
-  evaluation.probe(graph(("mean_bwh", 0)))  # constant per channel in a batch
+  protocols.probe(known_layers.KNOWN_GRAPHS["evonorm_b0"])
+  protocols.probe(graph(("mean_bwh", 0)))  # constant per channel in a batch
 
 
 @pytest.mark.parametrize("g", [graph(("max", 0, 1)), graph(("tanh", 0)),
                                graph(("std_wh", 2), ("mul", 0, 4))])
 def test_probe_rejects_layers_that_do_not_normalize(g):
-  with pytest.raises(evaluation.Rejected) as info:
-    evaluation.probe(g)
+  with pytest.raises(protocols.Rejected) as info:
+    protocols.probe(g)
   assert info.value.reason == "quality"
   assert "does not normalize" in info.value.detail["detail"]
 
@@ -186,6 +191,6 @@ def test_equivalent_layers_share_a_probe_fingerprint():
   # max(a, b) == max(b, a) and v1*x == x*v1, written as different graphs.
   swapped = graph(("std_wh", 0), ("mul", 0, 3), ("add", 5, 4),
                   ("std_bwh", 0), ("max", 6, 7), ("div", 0, 8))
-  assert evaluation.probe(swapped) == evaluation.probe(b0)
-  assert evaluation.probe(known_layers.KNOWN_GRAPHS["evonorm_s0"]) != (
-      evaluation.probe(b0))
+  assert protocols.probe(swapped) == protocols.probe(b0)
+  assert protocols.probe(known_layers.KNOWN_GRAPHS["evonorm_s0"]) != (
+      protocols.probe(b0))

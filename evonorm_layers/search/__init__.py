@@ -3,9 +3,11 @@
 Sections 3 and 4 of the paper: layers are computation graphs over primitive
 ops (``primitives``, ``graph``), compiled into tf_keras layers (``layer``);
 regularized evolution with a multi-objective tournament (``evolution``)
-proposes them, rejection protocols (``evaluation``) discard bad ones cheaply,
-and proxy tasks on several anchor architectures (``proxies``) score the rest,
-evaluated asynchronously on Ray (``controller``) with every result logged
+proposes them, rejection protocols (``protocols``) discard bad ones cheaply,
+and proxy tasks on several anchor architectures (``proxies``, trained by
+``proxy_training`` on the ``runners`` that ``evaluation.evaluate`` picks)
+score the rest, evaluated asynchronously on Ray (``controller``), whose
+long-lived workers ``tensorflow_hygiene`` keeps small, with every result logged
 (``store``) so a search can be killed and resumed; ``report`` writes the
 plots and the ranking. ``program`` interprets any graph in one traced model
 (candidates in seconds), ``proxies.PRESETS`` are calibrated proxies

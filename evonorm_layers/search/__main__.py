@@ -31,7 +31,8 @@ from absl import flags
 from evonorm_model_garden import cli
 from evonorm_layers.search import controller
 from evonorm_layers.search import evaluation
-from evonorm_layers.search import proxies
+from evonorm_layers.search import runners
+from evonorm_layers.search import proxy_data
 from evonorm_layers.search import proxy_flags
 from evonorm_layers.search import report
 from evonorm_layers.search import store as store_lib
@@ -243,7 +244,7 @@ def main(argv):
     else:
       config = config_from_flags()
       # The data and the anchors are checked here, before any work.
-      evaluation.check_anchors(config.proxy, proxies.load_data(config.proxy))
+      runners.check_anchors(config.proxy, proxy_data.load_data(config.proxy))
       store.create(config.to_dict())
   if FLAGS.resume and FLAGS["max_candidates"].present:
     store.update_config(config.to_dict())

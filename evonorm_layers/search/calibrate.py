@@ -57,10 +57,10 @@ def calibrate(config, names=None, progress: bool = True) -> list[dict]:
   """Evaluates ``names`` (default: every calibration layer) under
   ``config`` in this process; returns one row per layer."""
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
-  from evonorm_layers.search import proxies  # pylint: disable=g-import-not-at-top
+  from evonorm_layers.search import proxy_data  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   names = list(names or LAYERS)
-  data, sessions, rows = proxies.load_data(config), {}, []
+  data, sessions, rows = proxy_data.load_data(config), {}, []
   for name in tqdm(names, desc="calibration", unit="layer",
                    disable=not progress):
     record = evaluation.evaluate(LAYERS[name], config, data,

@@ -31,7 +31,8 @@ import numpy as np
 import psutil
 
 from evonorm_layers.search import evolution
-from evonorm_layers.search import proxies
+from evonorm_layers.search import proxy_config
+from evonorm_layers.search import proxy_data
 from evonorm_layers.search import report
 from evonorm_layers.search import store as store_lib
 from evonorm_layers.search.graph import LayerGraph
@@ -61,7 +62,7 @@ class SearchConfig:
   seed: int = 0
   seed_layers: tuple[str, ...] = ()  # as given (names or files)
   seed_graphs: tuple[str, ...] = ()  # their graphs, as JSON
-  proxy: proxies.ProxyConfig = proxies.ProxyConfig()
+  proxy: proxy_config.ProxyConfig = proxy_config.ProxyConfig()
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -90,7 +91,7 @@ class SearchConfig:
   @classmethod
   def from_dict(cls, data: dict) -> "SearchConfig":
     data = dict(data)
-    data["proxy"] = proxies.ProxyConfig.from_dict(data.get("proxy", {}))
+    data["proxy"] = proxy_config.ProxyConfig.from_dict(data.get("proxy", {}))
     for name in ("seed_layers", "seed_graphs"):
       data[name] = tuple(data.get(name, ()))
     return cls(**data)
@@ -130,7 +131,7 @@ def resolve_seed_layers(names) -> dict[str, LayerGraph]:
 # -- the worker side ---------------------------------------------------------
 
 # Per worker process and proxy: the data and the built, traced anchors.
-_WORKER_DATA: dict[str, proxies.ProxyData] = {}
+_WORKER_DATA: dict[str, proxy_data.ProxyData] = {}
 _WORKER_SESSIONS: dict[str, dict] = {}
 
 
@@ -149,10 +150,10 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
     if int(crash_id) == candidate["id"] and not os.path.exists(marker):
       open(marker, "w").close()
       os._exit(1)  # pylint: disable=protected-access
-  config = proxies.ProxyConfig.from_dict(proxy)
+  config = proxy_config.ProxyConfig.from_dict(proxy)
   key = repr(sorted(proxy.items()))
   if key not in _WORKER_DATA:
-    _WORKER_DATA[key] = proxies.load_data(config)
+    _WORKER_DATA[key] = proxy_data.load_data(config)
   record = evaluation.evaluate(LayerGraph.from_dict(candidate["graph"]),
                                config, _WORKER_DATA[key],
                                known_probes=set(known_probes),
@@ -176,9 +177,10 @@ class RayEvaluator:
     """``path``: where a candidate's stages run (``evaluation.PATHS``);
     ``max_calls``: a worker process exits after this many evaluations and
     Ray starts a fresh one (0: never). A worker keeps ~3.6 MiB of every
-    model compiled for a candidate (``evaluation.forget_custom_gradients``
-    frees the rest), so a long search can bound its workers' memory this
-    way, each restart costing one setup (data, anchors)."""
+    model compiled for a candidate
+    (``tensorflow_hygiene.forget_custom_gradients`` frees the rest), so a
+    long search can bound its workers' memory this way, each restart
+    costing one setup (data, anchors)."""
     import ray  # pylint: disable=g-import-not-at-top
     self.path = path
     self.ray = ray

@@ -9,7 +9,7 @@ node: an op, two operand indices, and for aggregations an index set and a
 moment) and interprets it, so a model built with it, and its traced steps,
 evaluate any graph after :func:`load_program` assigns the variables. The
 search builds and traces each anchor once per worker
-(``evaluation.AnchorSession``) and then only assigns variables.
+(``runners.AnchorSession``) and then only assigns variables.
 
 It computes what ``SearchedNormActivation`` computes for the same graph, in
 training and inference, with the same moving statistics and the same first

@@ -22,7 +22,6 @@ import os
 import statistics
 from typing import Mapping, Sequence
 
-import numpy as np
 
 from evonorm_layers.search import evolution
 from evonorm_layers.search import store as store_lib
