@@ -30,7 +30,6 @@ from absl import flags
 
 from evonorm_model_garden import cli
 from evonorm_layers.search import controller
-from evonorm_layers.search import evaluation
 from evonorm_layers.search import runners
 from evonorm_layers.search import proxy_data
 from evonorm_layers.search import proxy_flags
@@ -91,13 +90,6 @@ flags.DEFINE_float("max_minutes", None, "Stop proposing candidates after "
                    "this many minutes (those in flight finish); --resume "
                    "goes on.", lower_bound=0)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_enum("evaluation_path", "hybrid", evaluation.PATHS,
-                  "Where a candidate's stages run: 'hybrid' (the first "
-                  "anchor's stability test on an anchor traced once per "
-                  "worker, the rest on models compiled for the candidate), "
-                  "'sessions' (everything on the "
-                  "traced anchors) or 'compiled' (everything compiled per "
-                  "candidate). Same scores; see bench/search_throughput.py.")
 proxy_flags.define()
 
 # Flags that define the search; a resumed search keeps its stored values.
@@ -260,7 +252,6 @@ def main(argv):
              desc="layer search", unit="layer", disable=not FLAGS.progress,
              dynamic_ncols=True)
   evaluator = controller.RayEvaluator(FLAGS.workers, FLAGS.address,
-                                      path=FLAGS.evaluation_path,
                                       max_calls=FLAGS.worker_max_calls)
   try:
     with cli.user_errors():

@@ -80,6 +80,56 @@ class Timer:
     return _Span()
 
 
+class Placement:
+  """Where each stage of one candidate runs, for ``path`` (``PATHS``).
+
+  ``"hybrid"`` (the search's): the first anchor's stability test, which
+  most candidates fail within a few steps, on its ``AnchorSession``; every
+  other stage on a ``CompiledAnchor`` built for the candidate from the
+  session's initial weights (without a stability test, no session: seeded).
+  ``"sessions"`` and ``"compiled"`` run every stage one way: they are the
+  throughput benchmark's points of comparison. Sessions (anchor ->
+  ``AnchorSession``) outlive the candidate; building one is timed as the
+  stage ``setup``, and what it registers with TensorFlow is ``kept``.
+  """
+
+  def __init__(self, path: str, config: proxy_config.ProxyConfig,
+               data: proxy_data.ProxyData, sessions: dict, timer: Timer):
+    if path not in PATHS:
+      raise ValueError(f"Unknown evaluation path {path!r}; use one of "
+                       f"{', '.join(PATHS)}.")
+    self.path, self.config, self.data = path, config, data
+    self.sessions, self.timer = sessions, timer
+    self.compiled: dict[str, CompiledAnchor] = {}
+    self.traces = SharedTraces()  # the candidate's layer functions
+    self.kept: set[str] = set()
+
+  def runner(self, anchor: str, stage: str):
+    """The session or compiled model that runs ``stage`` for ``anchor``."""
+    if self.path == "hybrid":
+      on_session = stage == "stability" and anchor == self.config.anchors[0]
+    else:
+      on_session = self.path == "sessions"
+    return self.session(anchor) if on_session else self._compiled(anchor)
+
+  def _compiled(self, anchor: str) -> CompiledAnchor:
+    if anchor not in self.compiled:
+      initial = (self.session(anchor).initial_outside_norm
+                 if self.path == "hybrid" and self.config.stability_steps
+                 else None)
+      self.compiled[anchor] = CompiledAnchor(anchor, self.config, self.data,
+                                             initial, self.traces)
+    return self.compiled[anchor]
+
+  def session(self, anchor: str) -> AnchorSession:
+    if anchor not in self.sessions:
+      with self.timer("setup"):
+        before = tensorflow_hygiene.custom_gradient_names()
+        self.sessions[anchor] = AnchorSession(anchor, self.config, self.data)
+        self.kept |= tensorflow_hygiene.custom_gradient_names() - before
+    return self.sessions[anchor]
+
+
 def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
              data: proxy_data.ProxyData,
              known_probes: frozenset[str] | set[str] = frozenset(),
@@ -89,17 +139,9 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
 
   If the candidate's probe fingerprint is in ``known_probes`` it computes
   the same function as a layer already evaluated: the record is then just
-  ``{"status": "cached", "probe": ...}``.
-
-  ``path`` (one of ``PATHS``) says where each stage runs: ``"sessions"``
-  runs all of them on ``AnchorSession``s; ``"compiled"`` on models built
-  and traced for this candidate (``CompiledAnchor``); ``"hybrid"`` (the default) runs the first anchor's stability
-  test, which most candidates fail within a few steps, on its session, and
-  the rest on compiled models, whose steps run three times faster than the
-  interpreter's. ``sessions`` (anchor -> ``AnchorSession``) are reused
-  across calls: pass the same dict to evaluate many candidates; missing
-  anchors are built and traced into it, and that time is recorded as the
-  stage ``setup``.
+  ``{"status": "cached", "probe": ...}``. ``sessions`` (anchor ->
+  ``AnchorSession``) are reused across calls: pass the same dict to
+  evaluate many candidates. ``path``: see :class:`Placement`.
 
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
@@ -110,67 +152,16 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
   timer = Timer()
   record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
   start = time.perf_counter()
-  if path not in PATHS:
-    raise ValueError(f"Unknown evaluation path {path!r}; use one of "
-                     f"{', '.join(PATHS)}.")
-  sessions = {} if sessions is None else sessions
-  fresh: dict[str, CompiledAnchor] = {}
-  traces = SharedTraces()  # the candidate's layer functions, all anchors
+  placement = Placement(path, config, data,
+                        {} if sessions is None else sessions, timer)
   # The models compiled for this candidate die with it; the sessions live on.
-  registered_before, kept = tensorflow_hygiene.custom_gradient_names(), set()
-
-  def on_session(anchor, stage):
-    if path == "hybrid":
-      return stage == "stability" and anchor == config.anchors[0]
-    return path == "sessions"
-
-  def runner(anchor, stage):
-    """Where ``stage`` runs for ``anchor``: its session or its model
-    compiled for the candidate (built on first use)."""
-    if not on_session(anchor, stage):
-      if anchor not in fresh:
-        # Hybrid: from the session's initial weights (without a stability
-        # test, no sessions: seeded like "compiled").
-        initial = (session(anchor).initial_outside_norm
-                   if path == "hybrid" and config.stability_steps else None)
-        fresh[anchor] = CompiledAnchor(anchor, config, data, initial,
-                                       traces)
-      return fresh[anchor]
-    return session(anchor)
-
-  def session(anchor):
-    if anchor not in sessions:
-      with timer("setup"):
-        before = tensorflow_hygiene.custom_gradient_names()
-        sessions[anchor] = AnchorSession(anchor, config, data)
-        kept.update(tensorflow_hygiene.custom_gradient_names() - before)
-    return sessions[anchor]
-
+  registered_before = tensorflow_hygiene.custom_gradient_names()
   try:
     with timer("probe"):
       record["probe"] = protocols.probe(graph)
     if record["probe"] in known_probes:
       return {"status": "cached", "probe": record["probe"]}
-    # Anchor by anchor, the stability test, then the quality test.
-    for anchor in config.anchors:
-      if config.stability_steps:
-        run = runner(anchor, "stability")
-        with timer("stability"):
-          record["stability"][anchor] = run.stability(graph)
-      run = runner(anchor, "quality")
-      with timer("quality"):
-        run.start(graph)
-        run.trainer.train_until(config.quality_steps)
-      with timer("evaluation"):
-        accuracy = record["quality"][anchor] = run.trainer.accuracy()
-      if accuracy < config.quality_threshold:
-        raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
-    for anchor in config.anchors:
-      trainer = runner(anchor, "training").trainer
-      with timer("training"):
-        trainer.train_until(config.train_steps)
-      with timer("evaluation"):
-        record["fitness"][anchor] = trainer.accuracy()
+    _run_stages(graph, config, placement, timer, record)
     record.update(status="accepted", reason=None)
   except Rejected as rejection:
     record.update(status="rejected", reason=rejection.reason,
@@ -180,10 +171,36 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
     record.update(status="rejected", reason="nan",
                   rejection={"error": str(error).splitlines()[0][:200]})
   finally:
-    tensorflow_hygiene.forget_custom_gradients(tensorflow_hygiene.custom_gradient_names() - registered_before -
-                            kept)
+    tensorflow_hygiene.forget_custom_gradients(
+        tensorflow_hygiene.custom_gradient_names() - registered_before -
+        placement.kept)
   # A candidate's cost: what it ran, not the one-off setup of a session.
   timer.seconds["total"] = (time.perf_counter() - start -
                             timer.seconds.get("setup", 0.0))
   record["seconds"] = timer.seconds
   return record
+
+
+def _run_stages(graph: LayerGraph, config: proxy_config.ProxyConfig,
+                placement: Placement, timer: Timer, record: dict):
+  """Anchor by anchor, the stability test and the quality test (raising
+  ``Rejected``), then the survivor's training on every anchor."""
+  for anchor in config.anchors:
+    if config.stability_steps:
+      run = placement.runner(anchor, "stability")
+      with timer("stability"):
+        record["stability"][anchor] = run.stability(graph)
+    run = placement.runner(anchor, "quality")
+    with timer("quality"):
+      run.start(graph)
+      run.trainer.train_until(config.quality_steps)
+    with timer("evaluation"):
+      accuracy = record["quality"][anchor] = run.trainer.accuracy()
+    if accuracy < config.quality_threshold:
+      raise Rejected("quality", {"anchor": anchor, "accuracy": accuracy})
+  for anchor in config.anchors:
+    trainer = placement.runner(anchor, "training").trainer
+    with timer("training"):
+      trainer.train_until(config.train_steps)
+    with timer("evaluation"):
+      record["fitness"][anchor] = trainer.accuracy()

@@ -166,8 +166,9 @@ class CompiledAnchor:
       if [tuple(w.shape) for w in weights] != [
           w.shape for w in self.initial]:
         raise ValueError(f"Anchor {self.anchor!r} builds different weights "
-                         "each time; it cannot be evaluated on the hybrid "
-                         "path (use --evaluation_path=compiled).")
+                         "each time; every candidate starts from the same "
+                         "initial weights, so the anchor's builder must "
+                         "create the same layers on every call.")
       for variable, value in zip(weights, self.initial):
         variable.assign(value)
     return model
