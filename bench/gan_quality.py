@@ -176,10 +176,11 @@ def main(argv):
         "each (100 per class), measured with the digits classifier; median "
         "over seeds (min-max):\n")
   print("\n".join(table(results)))
+  data, resolution = config.data.source, config.generator.resolution
   real = digits_classifier.real_scores(
       evaluation.Classifier(digits_classifier.cached(
-          config.data.source, config.generator.resolution, classifier_dir())),
-      config.data.source, config.generator.resolution)
+          data, resolution, classifier_dir())),
+      *digits_classifier.real_images(data, resolution))
   print(f"\nReal validation digits: class agreement "
         f"{real['class_agreement']:.3f}, IS {real['IS']:.2f}.")
   minutes = sum(r["train_minutes"] for r in results)

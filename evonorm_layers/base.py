@@ -324,6 +324,23 @@ class BatchDependentNormActivation(NormActivation):
       update_moving_average(self.moving[name], value, self.momentum,
                             tf.greater(count, 0))
 
+  def batch_or_moving_variance(
+      self, training,
+      instance_moments: Callable[[], tuple[tf.Tensor, tf.Tensor]]
+  ) -> tf.Tensor:
+    """The variance to normalize with: the batch's in training, from the
+    instance moments of ``x`` (computed only then), over all replicas with
+    ``synchronized=True``, the moving variance updated; the moving one in
+    inference."""
+
+    def batch_variance():
+      moments = stats_lib.batch_moments(*instance_moments(),
+                                        synchronized=self.synchronized)
+      return {"variance": moments.variance}, moments.count
+
+    return self.batch_or_moving(training, batch_variance,
+                                ("variance",))["variance"]
+
   def batch_moments(self, x: tf.Tensor) -> stats_lib.BatchMoments:
     """Per-channel batch mean, variance and sample count of ``x`` (over all
     replicas with ``synchronized=True``)."""

@@ -64,21 +64,34 @@ def series_normalization(layer: base.NormActivation, x: tf.Tensor, training,
   normalized the same way whichever EvoNorm it holds.
   """
   if batch_dependent:
-
-    def batch_variance():
-      moments = layer.batch_moments(x)
-      return {"variance": moments.variance}, moments.count
-
-    variance = layer.batch_or_moving(training, batch_variance,
-                                     ("variance",))["variance"]
+    variance = layer.batch_or_moving_variance(
+        training, lambda: stats_lib.instance_moments(x, layer.layout))
   else:
-    mean, variance = stats_lib.group_moments(
-        *stats_lib.instance_moments(x, layer.layout), layer.layout, groups)
-    if not centered:
-      variance = variance + tf.square(mean)
+    variance = _group_statistic(
+        *stats_lib.instance_moments(x, layer.layout), layer.layout, groups,
+        centered)
   # gamma folded into the per-channel scale: only x is kept for backprop.
   return affine_lib.scale_shift(
       x, *affine.fold(tf.math.rsqrt(variance + layer.epsilon)))
+
+
+def _group_statistic(mean, var, layout, groups: int, centered: bool):
+  """The S series' denominator before its root: the group variance, or the
+  group second moment when not ``centered``, per (sample, channel)."""
+  group_mean, group_var = stats_lib.group_moments(mean, var, layout, groups)
+  return group_var if centered else group_var + tf.square(group_mean)
+
+
+def _elementwise(family: str, x, layout, training, operands,
+                 epsilon: float = 0.0):
+  """The family's formula (:mod:`evonorm_layers.formulas`) on ``x``: the
+  fused CPU kernel where it runs, else the composite ops recomputed in the
+  backward pass; either way only ``x`` and the small operands are kept."""
+  if fused.use_fused(x, layout, training):
+    return fused.apply(family, x, layout, operands, epsilon)
+  return recompute.elementwise(
+      lambda x, *operands: formulas.evaluate(family, x, operands, epsilon),
+      x, *operands)
 
 
 class _EvoNormB(base.BatchDependentNormActivation):
@@ -100,23 +113,13 @@ class _EvoNormB(base.BatchDependentNormActivation):
     if not self.nonlinearity:
       return series_normalization(self, x, training, affine,
                                   batch_dependent=True)
-    layout = self.layout
-    mean, var = stats_lib.instance_moments(x, layout)
-
-    def batch_variance():
-      moments = stats_lib.batch_moments(mean, var,
-                                        synchronized=self.synchronized)
-      return {"variance": moments.variance}, moments.count
-
-    variance = self.batch_or_moving(training, batch_variance)["variance"]
+    mean, var = stats_lib.instance_moments(x, self.layout)
+    variance = self.batch_or_moving_variance(training, lambda: (mean, var))
     family, operands = self.elementwise_operands(mean, var)
-    operands = [tf.sqrt(variance + self.epsilon), *operands,
-                *affine.tensors()]
-    if fused.use_fused(x, layout, training):
-      return fused.apply(family, x, layout, operands, self.epsilon)
-    return recompute.elementwise(
-        lambda x, *operands: formulas.evaluate(family, x, operands,
-                                               self.epsilon), x, *operands)
+    return _elementwise(
+        family, x, self.layout, training,
+        [tf.sqrt(variance + self.epsilon), *operands, *affine.tensors()],
+        self.epsilon)
 
   def elementwise_operands(self, mean, var):
     """The layer's :data:`evonorm_layers.formulas.FAMILIES` family and its
@@ -193,20 +196,14 @@ class _EvoNormS(base.GroupedNormActivation):
                                   batch_dependent=False,
                                   groups=self.resolved_groups,
                                   centered=self.centered)
-    mean, var = stats_lib.instance_moments(x, self.layout)
-    group_mean, group_var = stats_lib.group_moments(
-        mean, var, self.layout, self.resolved_groups)
-    denominator = group_var if self.centered else group_var + tf.square(
-        group_mean)
+    denominator = _group_statistic(
+        *stats_lib.instance_moments(x, self.layout), self.layout,
+        self.resolved_groups, self.centered)
     scale, shift = affine.fold(tf.math.rsqrt(denominator + self.epsilon))
     if shift is None:
       shift = tf.zeros((), tf.float32)
-    operands = [self.sigmoid_slope(), scale, shift]
-    if fused.use_fused(x, self.layout, training):
-      return fused.apply("SSigmoid", x, self.layout, operands)
-    return recompute.elementwise(
-        lambda x, *operands: formulas.evaluate("SSigmoid", x, operands,
-                                               self.epsilon), x, *operands)
+    return _elementwise("SSigmoid", x, self.layout, training,
+                        [self.sigmoid_slope(), scale, shift])
 
   def sigmoid_slope(self) -> tf.Tensor:
     """``a`` of ``x * sigmoid(a*x)``: 1 here, ``v1`` for EvoNorm-S0."""

@@ -62,8 +62,8 @@ def register_norm_activation(name: str, constructor: _C | None = None, *,
 
   def decorate(fn: _C) -> _C:
     if not callable(fn):
-      raise TypeError(f"register_norm_activation({name!r}): the constructor must "
-                      f"be callable. Received: {fn!r}.")
+      raise TypeError(f"register_norm_activation({name!r}): the constructor "
+                      f"must be callable. Received: {fn!r}.")
     keys = [normalize_name(n) for n in (name, *aliases)]
     for key, label in zip(keys, (name, *aliases)):
       owner = _LOOKUP.get(key)

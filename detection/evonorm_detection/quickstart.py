@@ -14,8 +14,8 @@ it, runs it on the 64 validation images and prints how many objects it found
 and how often of the right class (one box per object:
 :mod:`evonorm_detection.predictions`), and draws the ground truth above its
 boxes and masks (``WORKDIR/predictions.png``; with several ``--layers``,
-one table row and ``WORKDIR/predictions_<layer>.png`` per layer). A check of the pipeline, not
-a COCO result: the data are toy shapes and the training is minutes long.
+one table row and ``WORKDIR/predictions_<layer>.png`` per layer). A check
+of the pipeline, not a COCO result: the data are toy shapes and the training is minutes long.
 """
 
 from __future__ import annotations

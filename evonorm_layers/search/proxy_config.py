@@ -130,7 +130,8 @@ class ProxyConfig:
 
 # Check a preset with `python -m evonorm_layers.search.calibrate --preset=NAME`:
 # both accept the paper's good layers and reject its bad ones on the digits
-# (docs/performance.md); `cluster` takes 13-25 minutes per good layer on one core.
+# (docs/performance.md); `cluster` takes 13-25 minutes per good layer on one
+# core.
 PRESETS: dict[str, dict] = {
     # A 2-core machine and an hour: candidates in seconds. The stability
     # ascent takes larger steps (5% of each weight's norm) so that layers

@@ -1,7 +1,7 @@
 """The proxy flags shared by the search, its calibration and its benchmarks.
 
-``--preset`` (``laptop`` or ``cluster``, see ``proxy_config.PRESETS``) sets every
-proxy setting; a proxy flag given on the command line overrides the preset's
+``--preset`` (``laptop`` or ``cluster``, see ``proxy_config.PRESETS``) sets
+every proxy setting; a proxy flag given on the command line overrides the preset's
 value, e.g. ``--preset=laptop --train_steps=200``.
 """
 

@@ -54,10 +54,11 @@ class AnchorSession:
 
   The anchor is built with ``ProgramNormActivation`` at every norm site;
   its training step, evaluation and stability step are traced on creation
-  (the stage ``setup`` of :func:`evaluate`). :meth:`start` loads a candidate's graph and puts
-  every weight and the optimizer back to their initial values, so each
-  candidate trains from the same initialization, on the same batches, as
-  a freshly built model would, without building or tracing anything.
+  (the stage ``setup`` of :func:`evaluate`). :meth:`start` loads a
+  candidate's graph and puts every weight and the optimizer back to their
+  initial values, so each candidate trains from the same initialization,
+  on the same batches, as a freshly built model would, without building or
+  tracing anything.
   """
 
   WARM_UP = known_layers.KNOWN_GRAPHS["bn_relu"]
@@ -110,7 +111,8 @@ def check_anchors(config: proxy_config.ProxyConfig, data: proxy_data.ProxyData):
     if ":" not in anchor:
       continue
     model = anchors.build_model(
-        anchor, searched_norm_maker(known_layers.KNOWN_GRAPHS["bn_relu"], config),
+        anchor,
+        searched_norm_maker(known_layers.KNOWN_GRAPHS["bn_relu"], config),
         config, data.num_classes)
     if config.stability_steps:
       try:
@@ -156,7 +158,8 @@ class CompiledAnchor:
       tf_keras.backend.clear_session()
       tf_keras.utils.set_random_seed(self.config.seed)
     model = anchors.build_model(
-        self.anchor, searched_norm_maker(graph, self.config, self.shared_traces),
+        self.anchor,
+        searched_norm_maker(graph, self.config, self.shared_traces),
         self.config, self.data.num_classes)
     if self.initial is not None:
       # Seeding would clear TensorFlow's kernel cache, and every traced
@@ -186,6 +189,7 @@ class CompiledAnchor:
 
   def stability(self, graph: LayerGraph) -> dict:
     self.start(graph)
-    ascend = protocols.make_ascent_step(self.trainer.model, self.data, self.config,
-                              self.trainer.gradients)
-    return protocols.stability_test(self.trainer.model, self.data, self.config, ascend)
+    ascend = protocols.make_ascent_step(self.trainer.model, self.data,
+                                        self.config, self.trainer.gradients)
+    return protocols.stability_test(self.trainer.model, self.data,
+                                    self.config, ascend)

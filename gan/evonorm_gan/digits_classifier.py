@@ -110,11 +110,11 @@ def cached(dataset: str = "mnist5k", resolution: int = 32,
   return path
 
 
-def real_scores(classifier: evaluation.Classifier, dataset: str = "mnist5k",
-                resolution: int = 32) -> dict:
-  """What real validation digits score with ``classifier``: the ceiling a
-  generator's class agreement and IS are read against."""
-  reals, labels = real_images(dataset, resolution)
+def real_scores(classifier: evaluation.Classifier, reals: np.ndarray,
+                labels: np.ndarray) -> dict:
+  """What the real validation digits (``real_images``) score with
+  ``classifier``: the ceiling a generator's class agreement and IS are read
+  against."""
   _, logits = classifier(reals)
   return {"class_agreement": evaluation.class_agreement(logits, labels),
           "IS": evaluation.inception_score(logits)}

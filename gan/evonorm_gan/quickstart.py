@@ -81,9 +81,9 @@ def run(layers, workdir: str, steps: int | None, params_override: str = "",
   with _quiet():  # trained and saved once, then cached
     classifier = evaluation.Classifier(digits_classifier.cached(
         config.data.source, resolution, classifier_dir))
-  reals, _ = digits_classifier.real_images(config.data.source, resolution)
-  real = digits_classifier.real_scores(classifier, config.data.source,
-                                       resolution)
+  reals, labels = digits_classifier.real_images(config.data.source,
+                                                resolution)
+  real = digits_classifier.real_scores(classifier, reals, labels)
   rows = []
   for layer, config in configs.items():
     tf_keras.backend.clear_session()

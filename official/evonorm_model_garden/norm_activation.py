@@ -28,7 +28,8 @@ the layer ``type`` (any name registered in ``evonorm_layers``) and
 ``evonorm_layers.NormActivationFactory`` that a network's norm sites share
 (made once per network and handed down as an object);
 :func:`register_backbone` registers a backbone class with Model Garden's
-backbone factory so that it gets that factory; :mod:`evonorm_model_garden.norm_sites`
+backbone factory so that it gets that factory;
+:mod:`evonorm_model_garden.norm_sites`
 puts registry layers at the norm sites of Model Garden's own blocks and heads.
 """
 

@@ -4,7 +4,8 @@ task and its experiments.
 
 Declared as an ``evonorm.experiments`` entry point (``pyproject.toml``), so
 the project's entry points find these experiments, and those of the other
-task packages, through :func:`evonorm_model_garden.experiments.import_registrations`.
+task packages, through
+:func:`evonorm_model_garden.experiments.import_registrations`.
 """
 
 # pylint: disable=unused-import

@@ -1,7 +1,7 @@
 """Model Garden's blocks with every norm site taken from the registry.
 
-Each block lists its norm sites (:class:`evonorm_model_garden.norm_sites.NormSite`)
-and mixes in :class:`~evonorm_model_garden.norm_sites.RegistryNormSites`, which
+Each block lists its norm sites
+(:class:`evonorm_model_garden.norm_sites.NormSite`) and mixes in :class:`~evonorm_model_garden.norm_sites.RegistryNormSites`, which
 replaces Model Garden's ``BatchNormalization`` layers after ``build``.
 Model Garden's ``call`` is reused unchanged; activations that do not follow
 a norm (after a residual add, inside squeeze-excitation) are kept.
