@@ -179,11 +179,17 @@ def _measure(model_name, names, jit, device, data):
   memory = {name: 0 for name in names}
 
   def measured(name, step):
-    """One step: its seconds, and its peak memory kept in ``memory``."""
+    """One step: its seconds, and its peak memory kept in ``memory`` from
+    the last warm-up step on (the first calls' one-off allocations are not
+    the step's)."""
+    calls = 0
 
     def run():
+      nonlocal calls
       seconds, peak = _run_step(step, data, device)
-      memory[name] = max(memory[name], peak)
+      calls += 1
+      if calls >= _WARMUP.value:
+        memory[name] = max(memory[name], peak)
       return seconds
 
     return run
