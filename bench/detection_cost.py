@@ -81,6 +81,7 @@ _STEP_SIZE = flags.DEFINE_integer("step_image_size", 256,
 _STEP_BATCH = flags.DEFINE_integer("step_batch_size", 2, "Timed batch.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per round.")
+_JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
 
 
 def _params(model_name, layer, size):
@@ -179,14 +180,22 @@ def main(argv):
   print("|---|---|---:|---:|---:|---:|---:|---:|")
   for r in rows:
     paper = PAPER.get((r["model"], r["layer"]))
+    r.update(paper_madds_b=paper[0] if paper else None,
+             paper_params_m=paper[1] if paper else None)
     versus = f"{r['madds_b'] / paper[0] - 1:+.1%}" if paper and (
         _SIZE.value == 1024) else "-"
     print(f"| {r['model']} | {r['layer']} | {r['madds_b']:.1f} | "
           f"{r['matmul_madds_b']:.1f} | {r['params_m']:.2f} | "
           f"{paper[0] if paper else '-'} | {paper[1] if paper else '-'} | "
           f"{versus} |")
-  if not _STEP_TIME.value:
-    return
+  timed = []
+  if _STEP_TIME.value:
+    timed = _time_all(names)
+  timing.write_json(_JSON.value, dict(image_size=_SIZE.value, cost=rows,
+                                      step_time=timed))
+
+
+def _time_all(names) -> list[dict]:
   with tempfile.TemporaryDirectory() as data_dir:
     shapes.write_shapes_dataset(data_dir, {"train": 8})
     timed = []
@@ -202,6 +211,7 @@ def main(argv):
   for r in timed:
     print(f"| {r['model']} | {r['layer']} | {r['step_ms']:.0f} | "
           f"{r['ratio']:.2f}x |")
+  return timed
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ _CH = flags.DEFINE_integer("ch", 32, "Channel width multiplier (paper: 128).")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Images per step.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per round.")
+_JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
 
 
 def _step(layer: str):
@@ -78,8 +79,15 @@ def main(argv):
         f"to {BASELINE} in this run.\n")
   print("| generator layer | step (ms) | time vs bn_relu |")
   print("|---|---:|---:|")
-  for name, (median, ratio) in results.items():
-    print(f"| {name} | {1e3 * median:.0f} | {ratio:.2f}x |")
+  rows = [dict(layer=name, median_step_ms=1e3 * median, time_ratio=ratio,
+               steps_ms=[1e3 * t for t in times[name]])
+          for name, (median, ratio) in results.items()]
+  for r in rows:
+    print(f"| {r['layer']} | {r['median_step_ms']:.0f} | "
+          f"{r['time_ratio']:.2f}x |")
+  timing.write_json(_JSON.value, dict(
+      resolution=_RESOLUTION.value, ch=_CH.value, batch_size=_BATCH.value,
+      rows=rows))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ representative; the memory is.)
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -257,9 +256,7 @@ def main(argv):
     print(f"| {r['model']} | {r['layer']} | {r['median_step_ms']:.0f} | "
           f"{r['time_ratio']:.2f}x | {r['peak_step_mib']:.0f} | "
           f"{r['memory_ratio']:.2f}x |")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(dict(setting=where, rows=rows), f, indent=2)
+  timing.write_json(_JSON.value, dict(setting=where, rows=rows))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ worker) as random search with rejection over ``--random_layers`` random
 layers, then evaluates the paper's layers (``--reference_layers``, which
 pass the protocols, each ``--reference_rounds`` times, side by side on the
 workers) through the same workers to measure the cost of a full
-evaluation on this machine; once per evaluation path (``--paths``,
-``evaluation.PATHS``): ``hybrid`` (the search's default: the first anchor's
-stability test on an anchor traced once per worker, the rest compiled for
-the candidate), ``sessions``
-(every stage on the traced anchors, candidates interpreted) and
-``compiled`` (a model built and traced per candidate, no interpreter), side
-by side. Prints, per path:
+evaluation on this machine; once per placement of the stages
+(``--placements``, ``search_placements.PLACEMENTS``): ``hybrid`` (the
+search's: the first anchor's stability test on an anchor traced once per
+worker, the rest compiled for the candidate), ``sessions`` (every stage on
+the traced anchors, candidates interpreted) and ``compiled`` (a model built
+and traced per candidate, no interpreter), side by side. Prints, per
+placement:
 
 * candidates evaluated per core-hour, from the wall time of the search loop
   (``workers`` cores; Ray start-up excluded, worker start-up included) and
@@ -30,13 +30,12 @@ by side. Prints, per path:
 
   python bench/search_throughput.py                 # laptop preset, 100 layers
   python bench/search_throughput.py --preset=cluster --random_layers=200 \
-      --workers=8 --paths=hybrid                    # a bigger machine
+      --workers=8 --placements=hybrid                   # a bigger machine
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import statistics
 import sys
@@ -49,11 +48,13 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from evonorm_layers.search import controller  # noqa: E402
-from evonorm_layers.search import evaluation  # noqa: E402
 from evonorm_layers.search import proxy_flags  # noqa: E402
 from evonorm_layers.search import report  # noqa: E402
 from evonorm_layers.search import store as store_lib  # noqa: E402
 from evonorm_layers.search.known_layers import KNOWN_GRAPHS  # noqa: E402
+import search_placements  # noqa: E402  (bench/)
+from search_placements import PLACEMENTS  # noqa: E402
+import timing  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -72,9 +73,9 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Ray workers (one CPU each).",
 _BATCH_INDEPENDENT = flags.DEFINE_bool(
     "batch_independent", False, "Random layers without batch aggregations.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random layers.")
-_PATHS = flags.DEFINE_list(
-    "paths", list(evaluation.PATHS), "Where candidates' stages run "
-    "(evaluation.PATHS): 'sessions' (anchors built and traced once per "
+_PLACEMENTS = flags.DEFINE_list(
+    "placements", list(PLACEMENTS), "Where candidates' stages run: "
+    "'sessions' (anchors built and traced once per "
     "worker, graphs interpreted), 'compiled' (a model built and traced per "
     "candidate, no interpreter) and 'hybrid' (the first anchor's stability "
     "test on sessions, the rest compiled); the same random layers for each.")
@@ -177,8 +178,11 @@ def _by_layer(references):
   return layers
 
 
-def run_path(path, proxy, output_dir):
-  """The random search and the reference layers, one evaluation path."""
+def run_placement(placement, proxy, output_dir):
+  """The random search and the reference layers, one placement."""
+  from ray import cloudpickle  # pylint: disable=g-import-not-at-top
+  # Ray's workers cannot import bench/: they get the classes by value.
+  cloudpickle.register_pickle_by_value(search_placements)
   config = controller.SearchConfig(
       algorithm="random", max_candidates=_RANDOM.value,
       batch_independent=_BATCH_INDEPENDENT.value, seed=_SEED.value,
@@ -186,7 +190,7 @@ def run_path(path, proxy, output_dir):
   store = store_lib.SearchStore(output_dir)
   store.create(config.to_dict())
   evaluator = controller.RayEvaluator(_WORKERS.value,
-                                      path=path)
+                                      placement=PLACEMENTS[placement])
   try:
     start = time.perf_counter()
     random_records = controller.Search(config, store, evaluator,
@@ -211,21 +215,22 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"Unknown --reference_layers {unknown}; choose among "
                          f"{sorted(KNOWN_GRAPHS)}.")
-  bad = sorted(set(_PATHS.value) - set(evaluation.PATHS))
+  bad = sorted(set(_PLACEMENTS.value) - set(PLACEMENTS))
   if bad:
-    raise app.UsageError(f"Unknown --paths {bad}; use "
-                         f"{', '.join(evaluation.PATHS)}.")
+    raise app.UsageError(f"Unknown --placements {bad}; use "
+                         f"{', '.join(PLACEMENTS)}.")
   proxy = proxy_flags.proxy_config(_SEED.value)
   root = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="search_bench_")
   all_results = {"proxy": proxy.to_dict(), "preset": FLAGS.preset}
-  for path in _PATHS.value:
-    all_results[path] = run_path(path, proxy, os.path.join(root, path))
+  for placement in _PLACEMENTS.value:
+    all_results[placement] = run_placement(placement, proxy,
+                                           os.path.join(root, placement))
   print(f"\n{_RANDOM.value} random layers and {', '.join(_REFERENCES.value)}"
         f" on {_WORKERS.value} workers; preset {FLAGS.preset} "
         f"{proxy_flags.given() or ''}: anchors {', '.join(proxy.anchors)}, "
         f"quality {proxy.quality_steps} / full {proxy.train_steps} steps, "
         f"stability up to {proxy.stability_steps} steps\n")
-  paths = _PATHS.value
+  placements = _PLACEMENTS.value
   measures = [
       ("candidates per core-hour (wall time of the search)",
        "candidates_per_core_hour_wall", "{:.0f}"),
@@ -241,34 +246,32 @@ def main(argv):
       (f"random layers rejected by stability within {EARLY_STEPS} steps",
        "stability_rejected_within_5_steps", "{:.0%}"),
   ]
-  print("| measure | " + " | ".join(paths) + " |\n|---|" +
-        "---:|" * len(paths))
+  print("| measure | " + " | ".join(placements) + " |\n|---|" +
+        "---:|" * len(placements))
   for label, key, form in measures:
     print(f"| {label} | " + " | ".join(
-        _format(form, all_results[p][key]) for p in paths) + " |")
-  for path in paths:
-    costs = all_results[path]["stage_costs"]
-    print(f"\nMedian seconds per stage, {path} (one-off setup per worker and"
+        _format(form, all_results[p][key]) for p in placements) + " |")
+  for placement in placements:
+    costs = all_results[placement]["stage_costs"]
+    print(f"\nMedian seconds per stage, {placement} (one-off setup per worker and"
           f" anchor set: {_format('{:.1f}', costs['setup'])} s):\n")
     print("\n".join(report.stage_table(costs)))
-  for path in paths:
-    print(f"\n| where random layers ended ({path}) | count | median cost (s)"
+  for placement in placements:
+    print(f"\n| where random layers ended ({placement}) | count | median cost (s)"
           " | cost vs full evaluation |\n|---|---:|---:|---:|")
-    for outcome, o in all_results[path]["outcomes"].items():
+    for outcome, o in all_results[placement]["outcomes"].items():
       print(f"| {outcome} | {o['count']} | {o['median_s']:.2f} | "
             f"{_format('{:.4f}', o['over_full'])} |")
-  print(f"\n| reference layer | path | status | median seconds "
+  print(f"\n| reference layer | placement | status | median seconds "
         f"({_REFERENCE_ROUNDS.value} rounds) | fitness |\n"
         "|---|---|---|---:|---|")
-  for path in paths:
-    for name, r in all_results[path]["reference_layers"].items():
+  for placement in placements:
+    for name, r in all_results[placement]["reference_layers"].items():
       fitness = ", ".join(f"{a} {v:.3f}"
                           for a, v in (r["fitness"] or {}).items())
-      print(f"| {name} | {path} | {r['status']} | {r['seconds']:.1f} | "
+      print(f"| {name} | {placement} | {r['status']} | {r['seconds']:.1f} | "
             f"{fitness} |")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(all_results, f, indent=1, default=str)
+  timing.write_json(_JSON.value, all_results)
   sys.stdout.flush()
 
 

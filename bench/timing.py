@@ -9,6 +9,8 @@ medians, and ratios are taken against the baseline timed in the same run.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import sys
 import time
@@ -64,3 +66,14 @@ def medians_and_ratios(times: Mapping[str, list[float]], baseline: str
   base = statistics.median(times[baseline])
   return {name: (statistics.median(t), statistics.median(t) / base)
           for name, t in times.items()}
+
+
+def write_json(path: str | None, payload) -> None:
+  """The benchmark's results as JSON at ``path`` (if given), written whole
+  under a temporary name first so a killed run leaves no torn file."""
+  if not path:
+    return
+  temporary = f"{path}.tmp"
+  with open(temporary, "w") as f:
+    json.dump(payload, f, indent=1, default=str)
+  os.replace(temporary, path)

@@ -289,8 +289,9 @@ def test_export_signature(tmp_path):
 def _gan_train(model_dir, overrides, *extra):
   return subprocess.run(
       [sys.executable, "-m", "evonorm_gan.train", f"--experiment={MNIST32}",
-       f"--model_dir={model_dir}", f"--params_override={overrides}",
-       "--noprogress", "--run_eagerly", *extra],
+       f"--model_dir={model_dir}",
+       f"--params_override={overrides},trainer.train_tf_function=false",
+       "--noprogress", *extra],
       capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -356,8 +357,8 @@ def test_quickstart_draws_digits_and_reports_fid(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "evonorm_gan.quickstart",
        f"--workdir={workdir}", "--layers=bn_relu,evonorm_b0", "--steps=2",
-       f"--classifier_dir={tmp_path / 'classifier'}", "--run_eagerly",
-       f"--params_override={TINY}"],
+       f"--classifier_dir={tmp_path / 'classifier'}",
+       f"--params_override={TINY},trainer.train_tf_function=false"],
       capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [l for l in result.stdout.splitlines()

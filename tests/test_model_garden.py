@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 from official.core import exp_factory
 from official.core import task_factory
+from official.core import train_lib
 from official.modeling import hyperparams
 from official.vision.ops import preprocess_ops
 from official.vision.serving import image_classification as image_classification_serving
@@ -23,6 +24,7 @@ from evonorm_layers.search import KNOWN_GRAPHS
 from evonorm_model_garden import experiments
 from evonorm_model_garden import export
 from evonorm_vision.data import offline as offline_data
+from tests.overrides import EAGER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAML_DIR = os.path.join(REPO, "official", "configs", "experiments")
@@ -87,7 +89,7 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
   found.write_text(json.dumps(
       {"searched_b0": KNOWN_GRAPHS["evonorm_b0"].to_dict()}))
   searched = [f"--searched_layers={found}"]
-  overrides = (f"{FAST},{_data_override(digits_dir)},"
+  overrides = (f"{FAST},{EAGER},{_data_override(digits_dir)},"
                "task.model.norm_activation.type=searched_b0")
   process = subprocess.Popen(
       _train_cmd(model_dir, f"{overrides},trainer.train_steps=1000",
@@ -176,24 +178,29 @@ def test_batch_not_divisible_by_replicas():
 def test_mirrored_strategy_with_synchronized_b0(digits_dir, tmp_path):
   """Model Garden's trainer under MirroredStrategy over 2 logical CPUs: with
   use_sync_bn the replicas' moving variances stay identical, without it they
-  differ. Each configuration runs in a fresh process (tests/
-  mirrored_training.py), as TensorFlow keeps collective keys per process."""
+  differ."""
   variances = {}
   for synchronized in (True, False):
-    output = str(tmp_path / f"{synchronized}.npz")
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.mirrored_training",
-         f"{FAST},{_data_override(digits_dir)},trainer.train_steps=4,"
-         f"task.model.norm_activation.use_sync_bn={synchronized}",
-         str(tmp_path / str(synchronized)), output],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = np.load(output)
-    assert int(data["replicas"]) == 2
-    assert data["synchronized"].size and np.all(
-        data["synchronized"] == synchronized)
-    variances[synchronized] = [data[k] for k in data.files
-                               if k.startswith("variance_")]
+    params = experiments.load_params(
+        "evonorm_resnet_digits", (),
+        f"{FAST},{_data_override(digits_dir)},trainer.train_steps=4,"
+        f"task.model.norm_activation.use_sync_bn={synchronized}")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Each strategy numbers its collectives from the same base (see
+    # conftest._own_collective_keys): the second takes a fresh range.
+    tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
+    with strategy.scope():
+      task = task_factory.get_task(params.task)
+    model, _ = train_lib.run_experiment(
+        distribution_strategy=strategy, task=task, mode="train",
+        params=params, model_dir=str(tmp_path / str(synchronized)))
+    norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(l, evonorm_layers.BatchDependentNormActivation)]
+    assert norms and all(n.synchronized == synchronized for n in norms)
+    variances[synchronized] = [
+        np.stack([v.numpy() for v in n.moving["variance"].values])
+        for n in norms]
+    assert all(len(v) == 2 for v in variances[synchronized])  # replicas
   for per_replica in variances[True]:
     np.testing.assert_allclose(per_replica[0], per_replica[1], rtol=1e-5)
   assert any(not np.allclose(r[0], r[1], rtol=1e-3)
@@ -335,8 +342,8 @@ def test_quickstart_compare_shows_progress_and_a_table(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "evonorm_vision.quickstart", f"--workdir={workdir}",
        "--epochs=1", "--layers=bn_relu,evonorm_s0",
-       f"--params_override={FAST},task.model.norm_activation.groups=4,"
-       "trainer.train_steps=4"],
+       f"--params_override={FAST},{EAGER},"
+       "task.model.norm_activation.groups=4,trainer.train_steps=4"],
       capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   table = [l for l in result.stdout.splitlines() if l.startswith("| ")]

@@ -13,6 +13,8 @@ what it computes inline.
 import dataclasses
 import functools
 import gc
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -262,13 +264,16 @@ def test_encode_rejects_nothing_it_cannot_hold():
 def test_sessions_score_like_freshly_built_compiled_models():
   """A candidate evaluated on a reused anchor session (reset weights,
   optimizer and data) scores what a freshly built compiled model scores,
-  and the same again when evaluated a second time; the hybrid path takes
-  its first anchor's stability record from the session, the other
+  and the same again when evaluated a second time; the search's placement
+  takes its first anchor's stability record from the session, the other
   anchors' and every accuracy from the compiled models."""
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import tensorflow_hygiene  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import proxy_config  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import proxy_data  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "bench"))
+  from search_placements import PLACEMENTS  # pylint: disable=g-import-not-at-top
   config = proxy_config.ProxyConfig(
       dataset="digits", image_size=16, width=4, batch_size=32,
       anchors=("resnet",), quality_steps=10, train_steps=15,
@@ -279,12 +284,13 @@ def test_sessions_score_like_freshly_built_compiled_models():
   data = proxy_data.load_data(config)
   sessions = {}
   records = {}
-  for name, paths in (("evonorm_b0", evaluation.PATHS),
+  for name, paths in (("evonorm_b0", ("hybrid", "sessions", "compiled")),
                       ("evonorm_s0", ("sessions",)),  # another graph
                       ("evonorm_b0", ("sessions", "hybrid"))):
     for path in paths:
       record = evaluation.evaluate(GRAPHS[name], config, data,
-                                   sessions=sessions, path=path)
+                                   sessions=sessions,
+                                   placement=PLACEMENTS[path])
       assert record["status"] == "accepted", (record.get("reason"), record.get("rejection"))
       records.setdefault((name, path), []).append(record)
   session, fresh = (records[("evonorm_b0", "sessions")][0],
@@ -306,12 +312,11 @@ def test_sessions_score_like_freshly_built_compiled_models():
     assert a["fitness"] == b["fitness"] and a["quality"] == b["quality"]
   # The first evaluation (hybrid) built the session; later ones reuse it.
   assert "setup" in hybrid["seconds"] and "setup" not in first["seconds"]
-  # With two anchors, the hybrid path tests the second one's stability on
-  # its compiled model: the same record as the compiled path's.
+  # With two anchors, the search's placement tests the second one's
+  # stability on its compiled model: the same record as the compiled one's.
   second = evaluation.evaluate(
       GRAPHS["evonorm_b0"], dataclasses.replace(
-          config, anchors=("mobilenet", "resnet")), data, sessions=sessions,
-      path="hybrid")
+          config, anchors=("mobilenet", "resnet")), data, sessions=sessions)
   assert second["status"] == "accepted" and list(second["stability"]) == [
       "mobilenet", "resnet"]
   np.testing.assert_allclose(
@@ -327,8 +332,5 @@ def test_sessions_score_like_freshly_built_compiled_models():
     return (tensorflow_hygiene.custom_gradient_names(), sum(
         isinstance(o, func_graph.FuncGraph) for o in gc.get_objects()))
   before = alive()
-  evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, sessions=sessions,
-                      path="hybrid")
+  evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, sessions=sessions)
   assert alive() == before
-  with pytest.raises(ValueError, match="Unknown evaluation path 'jit'"):
-    evaluation.evaluate(GRAPHS["evonorm_b0"], config, data, path="jit")

@@ -136,9 +136,9 @@ _WORKER_SESSIONS: dict[str, dict] = {}
 
 
 def evaluate_in_worker(candidate: dict, proxy: dict,
-                       known_probes: list[str],
-                       path: str = "hybrid") -> dict:
-  """Runs in a Ray worker: one candidate's protocols and training."""
+                       known_probes: list[str], placement=None) -> dict:
+  """Runs in a Ray worker: one candidate's protocols and training
+  (``placement``: an ``evaluation.Placement`` subclass, or None for it)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
   if not _WORKER_DATA:
@@ -158,7 +158,7 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
                                config, _WORKER_DATA[key],
                                known_probes=set(known_probes),
                                sessions=_WORKER_SESSIONS.setdefault(key, {}),
-                               path=path)
+                               placement=placement or evaluation.Placement)
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
   record["worker_rss_mib"] = resident_mib()
   return record
@@ -173,16 +173,16 @@ class RayEvaluator:
   """Submits candidates as Ray tasks (one CPU each) and collects them."""
 
   def __init__(self, workers: int, address: str | None = None,
-               path: str = "hybrid", max_calls: int = 0):
-    """``path``: where a candidate's stages run (``evaluation.PATHS``);
-    ``max_calls``: a worker process exits after this many evaluations and
+               placement=None, max_calls: int = 0):
+    """``placement``: where a candidate's stages run (an
+    ``evaluation.Placement`` subclass; None: the search's); ``max_calls``: a worker process exits after this many evaluations and
     Ray starts a fresh one (0: never). A worker keeps ~3.6 MiB of every
     model compiled for a candidate
     (``tensorflow_hygiene.forget_custom_gradients`` frees the rest), so a
     long search can bound its workers' memory this way, each restart
     costing one setup (data, anchors)."""
     import ray  # pylint: disable=g-import-not-at-top
-    self.path = path
+    self.placement = placement
     self.ray = ray
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if CRASH_ONCE_ENV in os.environ:
@@ -199,7 +199,7 @@ class RayEvaluator:
 
   def submit(self, candidate, proxy, known_probes):
     return self.remote.remote(candidate, proxy, sorted(known_probes),
-                              self.path)
+                              self.placement)
 
   def wait_one(self, refs):
     ready, _ = self.ray.wait(list(refs), num_returns=1)

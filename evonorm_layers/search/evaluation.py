@@ -23,20 +23,20 @@ anchor, and a candidate that fails the quality test there is not tested
 further. A candidate that produces Inf or NaN anywhere is rejected and
 recorded, never a crash; every step's wall time is recorded.
 
-Where the stages run (``PATHS``; ``bench/search_throughput.py`` measures
-each): the first anchor's stability test, which most candidates fail within
-a few steps, on an ``AnchorSession`` (each anchor built with
-``program.ProgramNormActivation`` and its steps traced once per worker; a
-candidate only loads its graph into the layers' variables and resets the
-weights); everything after it on models compiled for the candidate
-(``CompiledAnchor``), whose steps run about 3x faster than the
-interpreter's, from the sessions' initial weights: the other anchors'
-stability tests run there too, on the gradient their training then reuses.
-Their layers call one function per graph and signature traced for all of
-the candidate's anchors (``layer.SharedTraces``), and what TensorFlow
-registered for them globally is dropped with them
-(:func:`forget_custom_gradients`). ``"sessions"`` and ``"compiled"`` run
-every stage one way.
+Where the stages run (:class:`Placement`): the first anchor's stability
+test, which most candidates fail within a few steps, on an
+``AnchorSession`` (each anchor built with ``program.ProgramNormActivation``
+and its steps traced once per worker; a candidate only loads its graph into
+the layers' variables and resets the weights); everything after it on
+models compiled for the candidate (``CompiledAnchor``), whose steps run
+about 3x faster than the interpreter's, from the sessions' initial weights:
+the other anchors' stability tests run there too, on the gradient their
+training then reuses. Their layers call one function per graph and
+signature traced for all of the candidate's anchors
+(``layer.SharedTraces``), and what TensorFlow registered for them globally
+is dropped with them (:func:`forget_custom_gradients`).
+``bench/search_placements.py`` runs every stage one way or the other, the
+throughput benchmark's points of comparison.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ from evonorm_layers.search.protocols import Rejected
 from evonorm_layers.search.runners import AnchorSession
 from evonorm_layers.search.runners import CompiledAnchor
 
-
-PATHS = ("hybrid", "sessions", "compiled")
 
 
 @dataclasses.dataclass
@@ -81,42 +79,42 @@ class Timer:
 
 
 class Placement:
-  """Where each stage of one candidate runs, for ``path`` (``PATHS``).
+  """Where each stage of one candidate runs.
 
-  ``"hybrid"`` (the search's): the first anchor's stability test, which
-  most candidates fail within a few steps, on its ``AnchorSession``; every
-  other stage on a ``CompiledAnchor`` built for the candidate from the
-  session's initial weights (without a stability test, no session: seeded).
-  ``"sessions"`` and ``"compiled"`` run every stage one way: they are the
-  throughput benchmark's points of comparison. Sessions (anchor ->
-  ``AnchorSession``) outlive the candidate; building one is timed as the
-  stage ``setup``, and what it registers with TensorFlow is ``kept``.
+  The first anchor's stability test, which most candidates fail within a
+  few steps, on its ``AnchorSession``; every other stage on a
+  ``CompiledAnchor`` built for the candidate from the session's initial
+  weights (without a stability test, no session: seeded). Subclasses
+  override :meth:`on_session` (``bench/search_placements.py``). Sessions
+  (anchor -> ``AnchorSession``) outlive the candidate; building one is
+  timed as the stage ``setup``, and what it registers with TensorFlow is
+  ``kept``.
   """
 
-  def __init__(self, path: str, config: proxy_config.ProxyConfig,
+  def __init__(self, config: proxy_config.ProxyConfig,
                data: proxy_data.ProxyData, sessions: dict, timer: Timer):
-    if path not in PATHS:
-      raise ValueError(f"Unknown evaluation path {path!r}; use one of "
-                       f"{', '.join(PATHS)}.")
-    self.path, self.config, self.data = path, config, data
+    self.config, self.data = config, data
     self.sessions, self.timer = sessions, timer
     self.compiled: dict[str, CompiledAnchor] = {}
     self.traces = SharedTraces()  # the candidate's layer functions
     self.kept: set[str] = set()
 
+  def on_session(self, anchor: str, stage: str) -> bool:
+    """Whether ``stage`` runs on ``anchor``'s session (else compiled)."""
+    return stage == "stability" and anchor == self.config.anchors[0]
+
   def runner(self, anchor: str, stage: str):
     """The session or compiled model that runs ``stage`` for ``anchor``."""
-    if self.path == "hybrid":
-      on_session = stage == "stability" and anchor == self.config.anchors[0]
-    else:
-      on_session = self.path == "sessions"
-    return self.session(anchor) if on_session else self._compiled(anchor)
+    if self.on_session(anchor, stage):
+      return self.session(anchor)
+    return self._compiled(anchor)
 
   def _compiled(self, anchor: str) -> CompiledAnchor:
     if anchor not in self.compiled:
+      # Weights as the session's, so a stage run there and here agree.
       initial = (self.session(anchor).initial_outside_norm
-                 if self.path == "hybrid" and self.config.stability_steps
-                 else None)
+                 if self.config.stability_steps and self.on_session(
+                     self.config.anchors[0], "stability") else None)
       self.compiled[anchor] = CompiledAnchor(anchor, self.config, self.data,
                                              initial, self.traces)
     return self.compiled[anchor]
@@ -134,14 +132,14 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
              data: proxy_data.ProxyData,
              known_probes: frozenset[str] | set[str] = frozenset(),
              sessions: dict[str, AnchorSession] | None = None,
-             path: str = "hybrid") -> dict[str, Any]:
+             placement: type[Placement] = Placement) -> dict[str, Any]:
   """Runs the protocols and the proxy training for one candidate.
 
   If the candidate's probe fingerprint is in ``known_probes`` it computes
   the same function as a layer already evaluated: the record is then just
   ``{"status": "cached", "probe": ...}``. ``sessions`` (anchor ->
   ``AnchorSession``) are reused across calls: pass the same dict to
-  evaluate many candidates. ``path``: see :class:`Placement`.
+  evaluate many candidates. ``placement``: where the stages run.
 
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
@@ -152,8 +150,8 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
   timer = Timer()
   record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
   start = time.perf_counter()
-  placement = Placement(path, config, data,
-                        {} if sessions is None else sessions, timer)
+  placement = placement(config, data, {} if sessions is None else sessions,
+                        timer)
   # The models compiled for this candidate die with it; the sessions live on.
   registered_before = tensorflow_hygiene.custom_gradient_names()
   try:

@@ -19,7 +19,7 @@ training step 3-4x the compiled layer's, a second-order stability step
 15-20x, control flow and its gradients' bookkeeping), against seconds of
 building and tracing saved per candidate and anchor: the search uses it
 for the stability test, which most candidates fail within a step or two
-(``evaluation.PATHS``).
+(``evaluation.Placement``).
 """
 
 from __future__ import annotations

@@ -295,48 +295,76 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
   anchors = list(config["proxy"]["anchors"])
   baselines = dict(baselines or {})
   known = list(baselines.values())
-  figures = {
-      "figure2_random_layers.png": plot_random_histograms(
-          records, anchors,
-          os.path.join(output_dir, "figure2_random_layers.png")),
-      "figure6_progress.png": plot_progress(
-          {config["algorithm"]: records, **(compare or {})},
-          os.path.join(output_dir, "figure6_progress.png"), known),
-      "pareto_front.png": plot_pareto(
-          records, anchors, os.path.join(output_dir, "pareto_front.png"),
-          known),
-  }
-  for name, drawn in figures.items():
-    if not drawn and os.path.exists(os.path.join(output_dir, name)):
-      os.remove(os.path.join(output_dir, name))  # from an earlier report
-
+  figures = _draw_figures(output_dir, config, records, anchors, known,
+                          compare)
   top = best(records, top_k, known)
   if rerank:
     top.sort(key=lambda r: -rerank.get(r["id"], {}).get("score", -1.0))
   with open(os.path.join(output_dir, "best_layers.json"), "w") as f:
     json.dump({layer_name(r): r["graph"] for r in top}, f, indent=1)
+  lines = _summary(config, records, anchors, known)
+  if baselines:
+    lines += _known_layers_table(baselines, anchors)
+  lines += _best_layers_table(top, anchors, baselines, rerank)
+  lines += _how_to_use(top)
+  for name, drawn in figures.items():
+    lines.append(f"![{FIGURES[name]}]({name})" if drawn else
+                 f"No {FIGURES[name]} plot: "
+                 + ("no random layer was trained." if name.startswith("figure2")
+                    else "no layer has been found yet."))
+  lines.append("")
+  path = os.path.join(output_dir, REPORT)
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
 
+
+def _draw_figures(output_dir, config, records, anchors, known, compare
+                  ) -> dict[str, bool]:
+  """Draws the report's plots; ``{file name: drawn}`` (a plot with nothing
+  to show is not drawn, and an earlier report's copy is removed)."""
+  def where(name):
+    return os.path.join(output_dir, name)
+
+  figures = {
+      "figure2_random_layers.png": plot_random_histograms(
+          records, anchors, where("figure2_random_layers.png")),
+      "figure6_progress.png": plot_progress(
+          {config["algorithm"]: records, **(compare or {})},
+          where("figure6_progress.png"), known),
+      "pareto_front.png": plot_pareto(records, anchors,
+                                      where("pareto_front.png"), known),
+  }
+  for name, drawn in figures.items():
+    if not drawn and os.path.exists(where(name)):
+      os.remove(where(name))
+  return figures
+
+
+def _summary(config, records, anchors, known) -> list[str]:
+  """The search's settings, what became of its candidates, their costs."""
   stages: dict[str, int] = {}
   for r in records:
     if r.get("status") == "rejected":
       stages[rejection_stage(r)] = stages.get(rejection_stage(r), 0) + 1
   costs = rejection_costs(records)
-  accepted_count = len(store_lib.accepted(records))
   found_count = len(found(records, known))
+  seeded = (f"; seeded with {', '.join(config['seed_layers'])}"
+            if config.get("seed_layers") else "")
+  primitives = ("batch-independent" if config["batch_independent"]
+                else "all")
   lines = [
       "# Layer search report", "",
       f"Algorithm: {config['algorithm']} (criterion {config['criterion']}, "
       f"population {config['population']}, tournament "
-      f"{config['tournament']}); {'batch-independent' if config['batch_independent'] else 'all'} "
-      f"primitives; anchors {', '.join(anchors)}"
-      + (f"; seeded with {', '.join(config.get('seed_layers') or ())}"
-         if config.get("seed_layers") else "") + ".", "",
+      f"{config['tournament']}); {primitives} primitives; anchors "
+      f"{', '.join(anchors)}{seeded}.", "",
       f"Candidates evaluated: {len(records)}; accepted: "
-      f"{accepted_count}, of which {found_count} are found layers (not a "
-      "seed, and not equivalent to a seed or baseline); rejected: "
-      + (", ".join(f"{stages[k]} at the {k} stage" for k in
-                   REJECTION_STAGES if k in stages) or "none")
-      + f"; reused from an equivalent layer: "
+      f"{len(store_lib.accepted(records))}, of which {found_count} are found "
+      "layers (not a seed, and not equivalent to a seed or baseline); "
+      "rejected: " + (", ".join(f"{stages[k]} at the {k} stage" for k in
+                                REJECTION_STAGES if k in stages) or "none")
+      + "; reused from an equivalent layer: "
       f"{sum(r.get('cached_from') is not None for r in records)}.", "",
       "Median cost: rejected " + _seconds(costs["rejected_median_s"]) +
       " (those reaching the stability test: "
@@ -352,24 +380,31 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
     lines += [memory, ""]
   if not found_count:
     lines += _nothing_found_advice(records, stages)
-  if baselines:
-    lines += ["## Known layers under the same proxy", "",
-              "| layer | status | " + " | ".join(anchors) + " | average |",
-              "|---|---|" + "---:|" * (len(anchors) + 1)]
-    for name, b in baselines.items():
-      fitness = b.get("fitness") or {}
-      scores = " | ".join(f"{fitness[a]:.3f}" if a in fitness else "-"
-                          for a in anchors)
-      average = (f"{evolution.average_fitness(b):.3f}" if fitness else "-")
-      status = ("accepted" if b.get("status") == "accepted"
-                else "rejected (" + rejection_text(b) + ")")
-      label = (f"{name} `{b['formula']}`" if name.startswith("seed_")
-               else name)
-      lines.append(f"| {label} | {status} | {scores} | {average} |")
-    lines.append("")
+  return lines
+
+
+def _known_layers_table(baselines, anchors) -> list[str]:
+  lines = ["## Known layers under the same proxy", "",
+           "| layer | status | " + " | ".join(anchors) + " | average |",
+           "|---|---|" + "---:|" * (len(anchors) + 1)]
+  for name, b in baselines.items():
+    fitness = b.get("fitness") or {}
+    scores = " | ".join(f"{fitness[a]:.3f}" if a in fitness else "-"
+                        for a in anchors)
+    average = f"{evolution.average_fitness(b):.3f}" if fitness else "-"
+    status = ("accepted" if b.get("status") == "accepted"
+              else "rejected (" + rejection_text(b) + ")")
+    label = f"{name} `{b['formula']}`" if name.startswith("seed_") else name
+    lines.append(f"| {label} | {status} | {scores} | {average} |")
+  return lines + [""]
+
+
+def _best_layers_table(top, anchors, baselines, rerank) -> list[str]:
+  """The best layers, against the best known layer and, once re-ranked,
+  their held-out score; then their formulas in LaTeX."""
   best_known = max((evolution.average_fitness(b) for b in baselines.values()
                     if b.get("fitness")), default=None)
-  lines += [
+  lines = [
       "## Best layers", "",
       "| rank | name | layer | " + " | ".join(anchors) + " | average |"
       + (" vs best known |" if best_known is not None else "")
@@ -392,25 +427,17 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
   for r in top:
     latex = LayerGraph.from_dict(r["graph"]).formula(latex=True)
     lines.append(f"- `{layer_name(r)}`: $${latex}$$")
+  return lines
+
+
+def _how_to_use(top) -> list[str]:
   example = layer_name(top[0]) if top else "searched_..."
-  lines += ["", "Use them in any model of this project:", "", "```python",
-            "import evonorm_layers",
-            "from evonorm_layers.search import load_searched_layers",
-            "load_searched_layers('best_layers.json')",
-            "layer = evonorm_layers.get_norm_activation("
-            f"'{example}')", "```",
-            "", "or in a Model Garden experiment:", "", "```bash",
-            "python -m evonorm_vision.train --searched_layers=best_layers.json "
-            "--params_override=task.model.norm_activation.type="
-            f"{example} ...", "```",
-            ""]
-  for name, drawn in figures.items():
-    lines.append(f"![{FIGURES[name]}]({name})" if drawn else
-                 f"No {FIGURES[name]} plot: "
-                 + ("no random layer was trained." if name.startswith("figure2")
-                    else "no layer has been found yet."))
-  lines.append("")
-  path = os.path.join(output_dir, REPORT)
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path
+  return ["", "Use them in any model of this project:", "", "```python",
+          "import evonorm_layers",
+          "from evonorm_layers.search import load_searched_layers",
+          "load_searched_layers('best_layers.json')",
+          f"layer = evonorm_layers.get_norm_activation('{example}')", "```",
+          "", "or in a Model Garden experiment:", "", "```bash",
+          "python -m evonorm_vision.train --searched_layers=best_layers.json "
+          "--params_override=task.model.norm_activation.type="
+          f"{example} ...", "```", ""]

@@ -85,9 +85,12 @@ class OptimizationConfig(hyperparams.Config):
 @dataclasses.dataclass
 class TrainerConfig(hyperparams.Config):
   """``seed``: of the initialization, the noise and the data order (None:
-  unseeded)."""
+  unseeded). ``train_tf_function=false`` runs the training loop without
+  compiling it (Model Garden's key of the same name; worth it for a handful
+  of steps, as tracing the loop takes about a minute on a CPU)."""
   train_steps: int = 200_000  # generator steps
   seed: int | None = None
+  train_tf_function: bool = True
   steps_per_loop: int = 100
   checkpoint_interval: int = 2000
   summary_interval: int = 100

@@ -53,9 +53,6 @@ _STEPS = flags.DEFINE_integer("steps", None, "Generator steps (default: the "
                               "experiment's).", lower_bound=1)
 _OVERRIDE = flags.DEFINE_string("params_override", "",
                                 "Further experiment overrides.")
-_RUN_EAGERLY = flags.DEFINE_bool(
-    "run_eagerly", False, "Run the training loop without compiling it "
-    "(worth it only for a handful of steps).")
 _CLASSIFIER_DIR = flags.DEFINE_string(
     "classifier_dir", digits_classifier.CACHE_DIR,
     "Where the digits classifier is cached.")
@@ -70,7 +67,7 @@ def config_for(layer: str, steps: int | None, params_override: str = ""):
 
 def run(layers, workdir: str, steps: int | None, params_override: str = "",
         classifier_dir: str = digits_classifier.CACHE_DIR,
-        progress: bool = True, run_eagerly: bool = False) -> list[dict]:
+        progress: bool = True) -> list[dict]:
   """Trains each layer's GAN, evaluates and exports its EMA generator;
   returns one row of results per layer."""
   with cli.user_errors():
@@ -91,7 +88,7 @@ def run(layers, workdir: str, steps: int | None, params_override: str = "",
     strategy = distribute_utils.get_distribution_strategy("one_device")
     trainer = trainer_lib.GANTrainer(config, strategy, model_dir)
     with _quiet():
-      trainer.train(progress=progress, run_eagerly=run_eagerly)
+      trainer.train(progress=progress)
     ev = config.evaluation
     results = evaluation.evaluate(
         trainer.ema_generator, classifier, reals, ev.num_samples,
@@ -154,7 +151,7 @@ def main(argv):
   del argv
   layers = list(COMPARED) if _COMPARE.value else _LAYERS.value
   rows = run(layers, _WORKDIR.value, _STEPS.value, _OVERRIDE.value,
-             _CLASSIFIER_DIR.value, run_eagerly=_RUN_EAGERLY.value)
+             _CLASSIFIER_DIR.value)
   print(f"\n{rows[0]['num_samples']} samples of the EMA generator "
         f"({rows[0]['num_samples'] // 10} per class) after "
         f"{rows[0]['steps']} generator steps, measured with the digits "

@@ -119,7 +119,7 @@ def main(_):
     fp.write(json.dumps(config.as_dict(), indent=1))
   trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
   if "train" in f.mode:
-    logs = trainer.train(progress=f.progress, run_eagerly=f.run_eagerly)
+    logs = trainer.train(progress=f.progress)
     print("train:", json.dumps(logs))
   else:
     trainer.restore()
@@ -138,9 +138,6 @@ def define_flags():
   flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
   flags.DEFINE_string("export_dir", None, "Also export the EMA generator.")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
-  flags.DEFINE_bool("run_eagerly", False, "Run the training loop without "
-                    "compiling it (debugging; tracing it takes about a "
-                    "minute on a CPU).")
   flags.mark_flags_as_required(["experiment", "model_dir"])
 
 

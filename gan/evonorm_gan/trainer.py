@@ -169,12 +169,10 @@ class GANTrainer:
 
     return loop if run_eagerly else tf.function(loop)
 
-  def train(self, progress: bool = True, run_eagerly: bool = False) -> dict:
+  def train(self, progress: bool = True) -> dict:
     """Trains to ``trainer.train_steps`` generator steps; returns the last
-    logs. Resumes from the latest checkpoint in ``model_dir``.
-
-    ``run_eagerly`` runs the same loop without compiling it (debugging; the
-    compiled loop takes about a minute to trace on a CPU)."""
+    logs. Resumes from the latest checkpoint in ``model_dir``. The loop is
+    compiled unless ``trainer.train_tf_function`` is false."""
     cfg = self.config.trainer
     start = self.restore()
     dataset = self.strategy.distribute_datasets_from_function(
@@ -183,7 +181,7 @@ class GANTrainer:
             ctx.get_per_replica_batch_size(self.global_batch), ctx,
             seed=self.config.trainer.seed))
     iterator = iter(dataset)
-    loop = self._make_loop(iterator, run_eagerly)
+    loop = self._make_loop(iterator, not cfg.train_tf_function)
     writer = tf.summary.create_file_writer(os.path.join(self.model_dir,
                                                         "train"))
     bar = tqdm(total=cfg.train_steps, initial=start, unit="step",
