@@ -178,12 +178,13 @@ def test_batch_not_divisible_by_replicas():
 def test_mirrored_strategy_with_synchronized_b0(digits_dir, tmp_path):
   """Model Garden's trainer under MirroredStrategy over 2 logical CPUs: with
   use_sync_bn the replicas' moving variances stay identical, without it they
-  differ."""
+  differ (the loop eager: synchronized statistics in a compiled step are
+  test_fused_kernels' and test_distributed's)."""
   variances = {}
   for synchronized in (True, False):
     params = experiments.load_params(
         "evonorm_resnet_digits", (),
-        f"{FAST},{_data_override(digits_dir)},trainer.train_steps=4,"
+        f"{FAST},{EAGER},{_data_override(digits_dir)},trainer.train_steps=4,"
         f"task.model.norm_activation.use_sync_bn={synchronized}")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     # Each strategy numbers its collectives from the same base (see

@@ -39,7 +39,7 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   env = {**os.environ, controller.CRASH_ONCE_ENV: f"1:{marker}"}
   first = subprocess.Popen(
       _search(f"--output_dir={output_dir}", "--max_candidates=8",
-              "--worker_max_calls=2", *TINY),
+              "--worker_max_calls=4", *TINY),
       env=env, start_new_session=True, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
   try:
@@ -60,7 +60,7 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
 
   second = subprocess.run(
       _search(f"--output_dir={output_dir}", "--resume",
-              "--worker_max_calls=2"),
+              "--worker_max_calls=4"),
       capture_output=True, text=True, timeout=600, check=False)
   assert second.returncode == 0, second.stderr[-3000:]
   after = _log(output_dir)
@@ -101,7 +101,7 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   assert all(r["worker_rss_mib"] > 100 for r in records
              if r.get("cached_from") is None), records
   assert re.search(r"Workers' resident memory: at most \d+ MiB", text), text
-  # --worker_max_calls=2: Ray replaced each worker process after two
+  # --worker_max_calls=4: Ray replaced each worker process after four
   # evaluations (the baselines' and candidates' records name their worker;
   # without the flag one worker did 7 of them).
   with open(os.path.join(output_dir, "baselines.jsonl")) as f:
@@ -109,7 +109,7 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   per_worker = collections.Counter(r["worker"] for r in evaluated
                                    if r.get("worker"))
   assert sum(per_worker.values()) >= 6, per_worker
-  assert max(per_worker.values()) <= 2, per_worker
+  assert max(per_worker.values()) <= 4, per_worker
 
 
 @pytest.mark.parametrize("flags, message", [
