@@ -198,3 +198,20 @@ def test_detection_quality(tmp_path):
   assert run["objects"] > 0 and 0 <= run["found"] <= run["objects"]
   assert np.asarray(run["confusion"]).shape == (4, 4)
   assert (tmp_path / "detection_quality.png").stat().st_size > 0
+
+
+def test_serving_latency(tmp_path):
+  """Export, then time in a fresh process: SavedModel at two batch sizes
+  and TFLite at batch 1, the baseline added to the layers asked for."""
+  output = tmp_path / "serving.json"
+  _run("serving_latency.py", "--models=mobilenet_v2", "--layers=evonorm_s0",
+       "--image_size=32", "--batch_sizes=1,2", "--rounds=1",
+       "--steps_per_round=1", f"--work_dir={tmp_path / 'exports'}",
+       f"--json_output={output}")
+  rows = json.loads(output.read_text())["rows"]
+  settings = ("batch 1", "batch 2", "tflite batch 1")
+  assert sorted((r["setting"], r["layer"]) for r in rows) == sorted(
+      (s, l) for s in settings for l in ("bn_relu", "evonorm_s0"))
+  for r in rows:
+    assert r["model"] == "mobilenet_v2" and r["median_ms"] > 0
+    assert r["ratio"] == 1.0 if r["layer"] == "bn_relu" else r["ratio"] > 0
