@@ -86,9 +86,15 @@ def _elementwise(family: str, x, layout, training, operands,
                  epsilon: float = 0.0):
   """The family's formula (:mod:`evonorm_layers.formulas`) on ``x``: the
   fused CPU kernel where it runs, else the composite ops recomputed in the
-  backward pass; either way only ``x`` and the small operands are kept."""
+  backward pass; either way only ``x`` and the small operands are kept.
+  In inference the plain ops (what an exported graph serves: no custom
+  gradient around them, nothing kept for a backward pass that rarely
+  comes; autodiff still differentiates them)."""
   if fused.use_fused(x, layout, training):
     return fused.apply(family, x, layout, operands, epsilon)
+  if training is not True:  # float32 arithmetic, as in training
+    y = formulas.evaluate(family, tf.cast(x, tf.float32), operands, epsilon)
+    return tf.cast(y, x.dtype)
   return recompute.elementwise(
       lambda x, *operands: formulas.evaluate(family, x, operands, epsilon),
       x, *operands)
