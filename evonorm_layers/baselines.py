@@ -96,11 +96,16 @@ class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
     if self.cross_replica():
       return super().normalize_activate(x, training, affine)
     layout = self.layout
-    if layout.channels_first:
-      view, data_format = [tf.shape(x)[0], layout.channels, -1, 1], "NCHW"
+    data_format = "NCHW" if layout.channels_first else "NHWC"
+    as_is = layout.rank == 4 and layout.channel_axis in (1, 3)
+    if as_is:
+      # Images as they are: a static graph, in which TensorFlow and TFLite
+      # fold an inference batch norm into the convolution before it.
+      x4 = x
+    elif layout.channels_first:
+      x4 = tf.reshape(x, [tf.shape(x)[0], layout.channels, -1, 1])
     else:
-      view, data_format = [tf.shape(x)[0], -1, 1, layout.channels], "NHWC"
-    x4 = tf.reshape(x, view)
+      x4 = tf.reshape(x, [tf.shape(x)[0], -1, 1, layout.channels])
     # The kernel takes one per-channel scale and offset: the layer's own
     # affine goes in; a conditional (per-sample) one is applied after it.
     ones = tf.ones((layout.channels,), tf.float32)
@@ -136,7 +141,9 @@ class _BatchNorm(_Standardize, base.BatchDependentNormActivation):
       z = train() if training else infer()
     else:
       z = tf.__internal__.smart_cond.smart_cond(training, train, infer)
-    z = after.apply(tf.reshape(z, tf.shape(x)))
+    if not as_is:
+      z = tf.reshape(z, tf.shape(x))
+    z = after.apply(z)
     return self.activate(z) if self.nonlinearity else z
 
   def statistics(self, x, training):

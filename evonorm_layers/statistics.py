@@ -117,10 +117,19 @@ def group_moments(mean: tf.Tensor, var: tf.Tensor, layout: TensorLayout,
   group_var = (tf.reduce_mean(v, axis=2, keepdims=True) +
                tf.reduce_mean(tf.math.squared_difference(m, group_mean),
                               axis=2, keepdims=True))
-  full = tf.shape(m)
+  if layout.channels < 0:
+    full = tf.shape(m)
 
-  def per_channel(t):
-    return tf.reshape(tf.broadcast_to(t, full), stat_shape)
+    def per_channel(t):
+      return tf.reshape(tf.broadcast_to(t, full), stat_shape)
+  else:
+    # Broadcast by a product with static ones: no shape computed at run
+    # time, so exported and TFLite graphs keep static shapes (a dynamic
+    # BroadcastTo splits TFLite's XNNPack delegation).
+    ones = tf.ones([1, 1, layout.channels // groups], tf.float32)
+
+    def per_channel(t):
+      return tf.reshape(t * ones, stat_shape)
 
   return per_channel(group_mean), per_channel(group_var)
 
