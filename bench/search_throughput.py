@@ -190,7 +190,7 @@ def run_placement(placement, proxy, output_dir):
   store = store_lib.SearchStore(output_dir)
   store.create(config.to_dict())
   evaluator = controller.RayEvaluator(_WORKERS.value,
-                                      placement=PLACEMENTS[placement])
+                                      placement_class=PLACEMENTS[placement])
   try:
     start = time.perf_counter()
     random_records = controller.Search(config, store, evaluator,

@@ -20,6 +20,7 @@ machine reaches every layer alike); figures are medians, and ratios are to
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -202,7 +203,6 @@ def main(argv):
                     "--tflite" if _TFLITE.value else "--notflite"]
   subprocess.run([sys.executable, os.path.abspath(__file__), *flags_out],
                  check=True)
-  import json  # pylint: disable=g-import-not-at-top
   with open(times_file) as f:
     rows = rows_from(json.load(f))
   print(f"\nServing latency at {_SIZE.value}x{_SIZE.value}: SavedModels "

@@ -290,7 +290,7 @@ def test_sessions_score_like_freshly_built_compiled_models():
     for path in paths:
       record = evaluation.evaluate(GRAPHS[name], config, data,
                                    sessions=sessions,
-                                   placement=PLACEMENTS[path])
+                                   placement_class=PLACEMENTS[path])
       assert record["status"] == "accepted", (record.get("reason"), record.get("rejection"))
       records.setdefault((name, path), []).append(record)
   session, fresh = (records[("evonorm_b0", "sessions")][0],

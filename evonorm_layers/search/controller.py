@@ -136,9 +136,10 @@ _WORKER_SESSIONS: dict[str, dict] = {}
 
 
 def evaluate_in_worker(candidate: dict, proxy: dict,
-                       known_probes: list[str], placement=None) -> dict:
+                       known_probes: list[str],
+                       placement_class=None) -> dict:
   """Runs in a Ray worker: one candidate's protocols and training
-  (``placement``: an ``evaluation.Placement`` subclass, or None for it)."""
+  (``placement_class``: an ``evaluation.Placement`` subclass; None: it)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from evonorm_layers.search import evaluation  # pylint: disable=g-import-not-at-top
   if not _WORKER_DATA:
@@ -158,7 +159,8 @@ def evaluate_in_worker(candidate: dict, proxy: dict,
                                config, _WORKER_DATA[key],
                                known_probes=set(known_probes),
                                sessions=_WORKER_SESSIONS.setdefault(key, {}),
-                               placement=placement or evaluation.Placement)
+                               placement_class=(placement_class or
+                                                evaluation.Placement))
   record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
   record["worker_rss_mib"] = resident_mib()
   return record
@@ -173,16 +175,17 @@ class RayEvaluator:
   """Submits candidates as Ray tasks (one CPU each) and collects them."""
 
   def __init__(self, workers: int, address: str | None = None,
-               placement=None, max_calls: int = 0):
-    """``placement``: where a candidate's stages run (an
-    ``evaluation.Placement`` subclass; None: the search's); ``max_calls``: a worker process exits after this many evaluations and
-    Ray starts a fresh one (0: never). A worker keeps ~3.6 MiB of every
+               placement_class=None, max_calls: int = 0):
+    """``placement_class``: where a candidate's stages run (an
+    ``evaluation.Placement`` subclass; None: the search's); ``max_calls``:
+    a worker process exits after this many evaluations and Ray starts a
+    fresh one (0: never). A worker keeps ~3.6 MiB of every
     model compiled for a candidate
     (``tensorflow_hygiene.forget_custom_gradients`` frees the rest), so a
     long search can bound its workers' memory this way, each restart
     costing one setup (data, anchors)."""
     import ray  # pylint: disable=g-import-not-at-top
-    self.placement = placement
+    self.placement_class = placement_class
     self.ray = ray
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if CRASH_ONCE_ENV in os.environ:
@@ -199,7 +202,7 @@ class RayEvaluator:
 
   def submit(self, candidate, proxy, known_probes):
     return self.remote.remote(candidate, proxy, sorted(known_probes),
-                              self.placement)
+                              self.placement_class)
 
   def wait_one(self, refs):
     ready, _ = self.ray.wait(list(refs), num_returns=1)

@@ -58,7 +58,6 @@ from evonorm_layers.search.runners import AnchorSession
 from evonorm_layers.search.runners import CompiledAnchor
 
 
-
 @dataclasses.dataclass
 class Timer:
   seconds: dict = dataclasses.field(default_factory=dict)
@@ -132,14 +131,15 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
              data: proxy_data.ProxyData,
              known_probes: frozenset[str] | set[str] = frozenset(),
              sessions: dict[str, AnchorSession] | None = None,
-             placement: type[Placement] = Placement) -> dict[str, Any]:
+             placement_class: type[Placement] = Placement
+             ) -> dict[str, Any]:
   """Runs the protocols and the proxy training for one candidate.
 
   If the candidate's probe fingerprint is in ``known_probes`` it computes
   the same function as a layer already evaluated: the record is then just
   ``{"status": "cached", "probe": ...}``. ``sessions`` (anchor ->
   ``AnchorSession``) are reused across calls: pass the same dict to
-  evaluate many candidates. ``placement``: where the stages run.
+  evaluate many candidates. ``placement_class``: where the stages run.
 
   Returns a record: ``status`` ("accepted" or "rejected"), ``reason``,
   ``fitness`` (validation accuracy per anchor, accepted only), ``quality``
@@ -150,8 +150,8 @@ def evaluate(graph: LayerGraph, config: proxy_config.ProxyConfig,
   timer = Timer()
   record: dict[str, Any] = {"quality": {}, "stability": {}, "fitness": {}}
   start = time.perf_counter()
-  placement = placement(config, data, {} if sessions is None else sessions,
-                        timer)
+  placement = placement_class(config, data,
+                              {} if sessions is None else sessions, timer)
   # The models compiled for this candidate die with it; the sessions live on.
   registered_before = tensorflow_hygiene.custom_gradient_names()
   try:
