@@ -126,6 +126,9 @@ def _uses_fused_kernels(layer_name):
 def _build_step(model_name, row_name, jit_compile):
   layer_name = row_name.removesuffix(COMPOSITE_SUFFIX)
   path = "off" if row_name.endswith(COMPOSITE_SUFFIX) else "auto"
+  # Every layer's model from the same seed: the same weights where the
+  # layers share them, and a run that repeats itself.
+  tf_keras.utils.set_random_seed(0)
   backbone = factory.build_backbone(
       input_specs=tf_keras.layers.InputSpec(
           shape=[None, _IMAGE.value, _IMAGE.value, 3]),

@@ -30,3 +30,9 @@ def _own_collective_keys():
   """
   tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
   yield
+
+
+def pytest_collection_modifyitems(items):
+  """Heavy tests first: started last, one of them would keep a worker busy
+  while the other has nothing left to run."""
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

@@ -11,6 +11,9 @@ import pytest
 
 from tests.overrides import EAGER
 
+# Each runs a benchmark end to end in its own process.
+pytestmark = pytest.mark.heavy
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_PATH = pathlib.Path(REPO)
 # The GAN quickstart's experiment, narrow and two steps long, its loop run
@@ -31,25 +34,26 @@ def _run(script, *flags, timeout=600):
   return result
 
 
-@pytest.mark.parametrize("policy, layers, paths, expected", [
-    ("float32", "evonorm_b0", "fused,composite",
-     ["bn_relu", "evonorm_b0", "evonorm_b0 [composite]"]),
-    ("mixed_bfloat16", "evonorm_s0", "fused", ["bn_relu", "evonorm_s0"]),
-])
-def test_norm_act_overhead(tmp_path, policy, layers, paths, expected):
+def test_norm_act_overhead(tmp_path):
+  """Both paths of a layer with fused kernels, under the TPU's mixed
+  precision policy (float32 is the same code with another policy). Not
+  smaller: at batch 2 and 32x32 the last stage is 1x1, where EvoNorm-B0
+  divides by the standard deviation of 2 numbers and the repeated step
+  diverges."""
   output = tmp_path / "rows.json"
-  _run("norm_act_overhead.py", f"--layers={layers}",
-       "--models=resnet_v2_18", "--image_size=32", "--batch_size=2",
+  _run("norm_act_overhead.py", "--layers=evonorm_b0",
+       "--models=resnet_v2_18", "--image_size=64", "--batch_size=4",
        "--rounds=1", "--steps_per_round=2", "--warmup_steps=1",
-       f"--paths={paths}", f"--policy={policy}",
+       "--paths=fused,composite", "--policy=mixed_bfloat16",
        f"--json_output={output}")
   rows = json.loads(output.read_text())["rows"]
-  assert [r["layer"] for r in rows] == expected
+  assert [r["layer"] for r in rows] == [
+      "bn_relu", "evonorm_b0", "evonorm_b0 [composite]"]
   assert rows[0]["time_ratio"] == 1.0 and rows[0]["memory_ratio"] == 1.0
   assert all(r["median_step_ms"] > 0 and r["peak_step_mib"] > 0 and
              r["model"] == "resnet_v2_18" for r in rows)
   assert json.loads(output.read_text())["setting"].endswith(
-      f"policy {policy}")
+      "policy mixed_bfloat16")
 
 
 SEARCH_TINY = ["--anchors=resnet", "--width=8", "--quality_steps=15",

@@ -19,6 +19,7 @@ from evonorm_detection import heads
 from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
 from evonorm_detection.data import shapes
 from evonorm_model_garden import experiments
+from tests import entry_points
 from tests import layer_helpers
 from tests.overrides import EAGER
 from tests.conftest import NUM_LOGICAL_CPUS
@@ -64,6 +65,7 @@ def _build(name, overrides):
   return params, task_factory.get_task(params.task).build_model()
 
 
+@pytest.mark.heavy
 # One EvoNorm per model: the census is about the sites, which the layer
 # choice does not change (every layer reaches every site: see
 # test_forward_and_backward_with_each_table5_layer).
@@ -206,11 +208,15 @@ def test_synchronized_b0_head_equals_one_device_on_the_full_batch():
   assert all(n.synchronized for n in _norms(synced))
 
 
+def _train_flags(model_dir, overrides):
+  return [f"--experiment={QUICKSTART}", "--mode=train_and_eval",
+          f"--model_dir={model_dir}", f"--params_override={overrides}"]
+
+
 def _train(model_dir, overrides):
   return subprocess.run(
       [sys.executable, "-m", "evonorm_vision.train",
-       f"--experiment={QUICKSTART}", "--mode=train_and_eval",
-       f"--model_dir={model_dir}", f"--params_override={overrides}"],
+       *_train_flags(model_dir, overrides)],
       capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -219,6 +225,7 @@ def _latest_step(model_dir):
   return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+@pytest.mark.heavy
 def test_entry_point_trains_and_evaluates(shapes_dir, tmp_path):
   """The entry point on the detection experiment (its loop eager: the
   quickstart's test compiles it; resuming is the entry point's own,
@@ -240,29 +247,46 @@ def test_entry_point_trains_and_evaluates(shapes_dir, tmp_path):
     assert "evonorm_b0" in f.read()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("task.train_data.input_path=/nonexistent/train-*",
-     r"No files match task.train_data.input_path='/nonexistent/train-\*'.*"
-     r"create_coco_tf_record.py"),
-    ("task.annotation_file=/nonexistent/instances_val.json",
-     r"task.annotation_file='/nonexistent/instances_val.json' does not "
-     r"exist"),
-    ("task.model.norm_activation.type=evonorm_s0,"
-     "task.model.norm_activation.allow_group_fallback=false,"
-     "task.model.norm_activation.groups=12",
-     r"groups=12 does not divide"),
-])
-def test_bad_input_is_one_line_before_training(shapes_dir, tmp_path,
-                                               override, message):
-  result = _train(str(tmp_path), f"{FAST},{_data_override(shapes_dir)},"
-                  f"trainer.train_steps=2,{override}")
-  assert result.returncode != 0
+BAD_INPUT = {
+    "missing_data": (
+        "task.train_data.input_path=/nonexistent/train-*",
+        r"No files match task.train_data.input_path='/nonexistent/train-\*'.*"
+        r"create_coco_tf_record.py"),
+    "missing_annotations": (
+        "task.annotation_file=/nonexistent/instances_val.json",
+        r"task.annotation_file='/nonexistent/instances_val.json' does not "
+        r"exist"),
+    "groups": (
+        "task.model.norm_activation.type=evonorm_s0,"
+        "task.model.norm_activation.allow_group_fallback=false,"
+        "task.model.norm_activation.groups=12",
+        r"groups=12 does not divide"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(shapes_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad_input")
+  return root, entry_points.run("evonorm_vision.train", {
+      name: _train_flags(str(root / name),
+                         f"{FAST},{_data_override(shapes_dir)},"
+                         f"trainer.train_steps=2,{override}")
+      for name, (override, _) in BAD_INPUT.items()})
+
+
+@pytest.mark.xdist_group("detection_bad_input")
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_before_training(bad_input_outcomes, case):
+  root, outcomes = bad_input_outcomes
+  result = outcomes[case]
+  assert result.returncode == 2
   errors = [l for l in result.stderr.splitlines() if ": error: " in l]
   assert len(errors) == 1, result.stderr[-3000:]
-  assert __import__("re").search(message, errors[0]), errors[0]
-  assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
+  assert __import__("re").search(BAD_INPUT[case][1], errors[0]), errors[0]
+  assert not tf.io.gfile.glob(str(root / case / "ckpt-*"))
 
 
+@pytest.mark.heavy
 def test_quickstart_trains_evaluates_exports_and_draws(tmp_path):
   """The README's detection quickstart, shrunken to a few steps; its
   SavedModel (Model Garden's detection serving module) reloads and returns

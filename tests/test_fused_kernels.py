@@ -279,6 +279,7 @@ def test_without_a_compiler_the_layers_fall_back_with_one_warning(tmp_path):
       result.stdout)
 
 
+@pytest.mark.heavy
 def test_parallel_builds_compile_once(tmp_path):
   """Two processes building into an empty cache: one compiles, the other
   waits on the lock and loads the same library."""

@@ -20,6 +20,7 @@ from evonorm_gan import export
 from evonorm_gan import models
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
+from tests import entry_points
 from tests import layer_helpers
 from tests.conftest import NUM_LOGICAL_CPUS
 
@@ -55,6 +56,7 @@ def test_published_parameter_counts_at_128():
   assert sum(n.gamma is None for n in norms) == 40  # conditional affine
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("layer", TABLE6_LAYERS)
 def test_each_table6_layer_trains(layer, tmp_path):
   """Two steps of the real training loop with each layer: compiled (as in
@@ -129,6 +131,7 @@ def _generator_on_replicas(name):
   return strategy, synced, single
 
 
+@pytest.mark.heavy
 # BN-ReLU's synchronized statistics are the same code (batch moments of
 # BatchDependentNormActivation), tested layer by layer in test_distributed.py.
 @pytest.mark.parametrize("name", ["evonorm_b0"])
@@ -218,6 +221,7 @@ def mnist_classifier(tmp_path_factory):
   return path, accuracy
 
 
+@pytest.mark.heavy
 def test_class_agreement_of_real_and_shuffled_digits(mnist_classifier):
   """The metric itself: real validation digits agree with their labels (the
   classifier's accuracy), the same digits with shuffled labels at chance."""
@@ -286,15 +290,20 @@ def test_export_signature(tmp_path):
   np.testing.assert_allclose(images, want, rtol=1e-5, atol=1e-5)
 
 
+def _gan_flags(model_dir, overrides, *extra):
+  return [f"--experiment={MNIST32}", f"--model_dir={model_dir}",
+          f"--params_override={overrides},trainer.train_tf_function=false",
+          "--noprogress", *extra]
+
+
 def _gan_train(model_dir, overrides, *extra):
   return subprocess.run(
-      [sys.executable, "-m", "evonorm_gan.train", f"--experiment={MNIST32}",
-       f"--model_dir={model_dir}",
-       f"--params_override={overrides},trainer.train_tf_function=false",
-       "--noprogress", *extra],
+      [sys.executable, "-m", "evonorm_gan.train",
+       *_gan_flags(model_dir, overrides, *extra)],
       capture_output=True, text=True, timeout=900, check=False)
 
 
+@pytest.mark.heavy
 def test_entry_point_trains_resumes_and_evaluates(tmp_path):
   """The entry point (its loop run eagerly: compiled, it traces for a
   minute; test_each_table6_layer_trains runs the same loop) resumes from
@@ -334,28 +343,48 @@ def test_entry_point_trains_resumes_and_evaluates(tmp_path):
   assert "serving_default" in served.signatures
 
 
-@pytest.mark.parametrize("override, message", [
-    ("norm_activation.type=evonorm_b9",
-     "Unknown normalization-activation layer 'evonorm_b9'"),
-    ("generator.resolution=48", "no architecture for resolution 48"),
-    ("data.source=tfds,data.tfds_name=cifar10,"
-     "data.tfds_data_dir=/nonexistent", "is not prepared in"),
-    ("data.global_batch_size=0", "not divisible"),
-])
-def test_bad_input_is_one_line(tmp_path, override, message):
-  result = _gan_train(str(tmp_path), f"{TINY},{override}")
+BAD_INPUT = {
+    "unknown_layer": ("norm_activation.type=evonorm_b9",
+                      "Unknown normalization-activation layer 'evonorm_b9'"),
+    "resolution": ("generator.resolution=48",
+                   "no architecture for resolution 48"),
+    "missing_tfds": ("data.source=tfds,data.tfds_name=cifar10,"
+                     "data.tfds_data_dir=/nonexistent", "is not prepared in"),
+    "batch": ("data.global_batch_size=0", "not divisible"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad_input")
+  cases = {name: _gan_flags(str(root / name), f"{TINY},{override}")
+           for name, (override, _) in BAD_INPUT.items()}
+  cases["no_inception_path"] = _gan_flags(str(root / "eval"), TINY,
+                                          "--mode=eval")
+  return entry_points.run("evonorm_gan.train", cases)
+
+
+@pytest.mark.xdist_group("gan_train_bad_input")
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line(bad_input_outcomes, case):
+  result = bad_input_outcomes[case]
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [l for l in result.stderr.splitlines() if ": error: " in l]
-  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert len(errors) == 1 and BAD_INPUT[case][1] in errors[0], \
+      result.stderr[-2000:]
+  assert errors[0].startswith("python -m evonorm_gan.train: error: ")
   assert "Traceback" not in result.stderr
 
 
-def test_missing_inception_path_is_one_line(tmp_path):
-  result = _gan_train(str(tmp_path), TINY, "--mode=eval")
+@pytest.mark.xdist_group("gan_train_bad_input")
+def test_missing_inception_path_is_one_line(bad_input_outcomes):
+  result = bad_input_outcomes["no_inception_path"]
   assert result.returncode == 2
   assert "evaluation.inception_path" in result.stderr
+  assert "Traceback" not in result.stderr
 
 
+@pytest.mark.heavy
 def test_quickstart_draws_digits_and_reports_fid(tmp_path):
   """The README's GAN quickstart (--compare path), shrunken."""
   workdir = str(tmp_path / "quickstart")

@@ -24,6 +24,7 @@ from evonorm_layers.search import KNOWN_GRAPHS
 from evonorm_model_garden import experiments
 from evonorm_model_garden import export
 from evonorm_vision.data import offline as offline_data
+from tests import entry_points
 from tests.overrides import EAGER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +74,7 @@ def trained_model_dir(digits_dir, tmp_path_factory):
   return model_dir, result.stderr
 
 
+@pytest.mark.heavy
 def test_entry_point_trains_evaluates_and_writes_summaries(trained_model_dir):
   model_dir, log = trained_model_dir
   assert _latest_step(model_dir) == 4
@@ -82,6 +84,7 @@ def test_entry_point_trains_evaluates_and_writes_summaries(trained_model_dir):
   assert "eval | step:      4" in log and "'accuracy'" in log
 
 
+@pytest.mark.heavy
 def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
   """With a layer a search found (EvoNorm-B0's graph), named by config."""
   model_dir = str(tmp_path / "model")
@@ -129,24 +132,38 @@ def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
     experiments.register_searched_layers([str(tmp_path / "nope.json")])
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ("task.train_data.input_path=/nonexistent/train-*.tfrecord",
-     r"No files match task.train_data.input_path='/nonexistent/train-\*"
-     r".tfrecord'.*python -m evonorm_vision.data.offline --dataset=mnist5k"),
-    ("task.model.norm_activation.type=evonorm_b9",
-     r"Unknown normalization-activation layer 'evonorm_b9'. Valid names:"),
-])
-def test_entry_point_rejects_bad_input_before_training(tmp_path, overrides,
-                                                       expected):
-  result = subprocess.run(
-      _train_cmd(str(tmp_path), overrides), capture_output=True, text=True,
-      timeout=300, check=False)
+BAD_INPUT = {
+    "missing_data": (
+        "task.train_data.input_path=/nonexistent/train-*.tfrecord",
+        r"No files match task.train_data.input_path='/nonexistent/train-\*"
+        r".tfrecord'.*python -m evonorm_vision.data.offline --dataset=mnist5k"),
+    "unknown_layer": (
+        "task.model.norm_activation.type=evonorm_b9",
+        r"Unknown normalization-activation layer 'evonorm_b9'. Valid names:"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad_input")
+  return root, entry_points.run("evonorm_vision.train", {
+      name: _train_cmd(str(root / name), overrides)[3:]
+      for name, (overrides, _) in BAD_INPUT.items()})
+
+
+@pytest.mark.xdist_group("vision_train_bad_input")
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_entry_point_rejects_bad_input_before_training(bad_input_outcomes,
+                                                       case):
+  root, outcomes = bad_input_outcomes
+  result = outcomes[case]
   assert result.returncode == 2
   errors = [l for l in result.stderr.splitlines() if ": error: " in l]
   assert len(errors) == 1, result.stderr[-3000:]
-  assert __import__("re").search(expected, errors[0]), errors[0]
+  assert errors[0].startswith("python -m evonorm_vision.train: error: ")
+  assert __import__("re").search(BAD_INPUT[case][1], errors[0]), errors[0]
   assert "Traceback" not in result.stderr
-  assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "ckpt-*"))
+  assert not tf.io.gfile.glob(str(root / case / "ckpt-*"))
 
 
 def test_unknown_experiment_lists_the_project_experiments():
@@ -336,6 +353,7 @@ def test_yaml_config_parses(path):
   assert params.trainer.train_steps % steps_per_epoch == 0
 
 
+@pytest.mark.heavy
 def test_quickstart_compare_shows_progress_and_a_table(tmp_path):
   """The README's quickstart (`--compare` path: several layers, table and
   plot), shrunken: a narrow network, one epoch."""

@@ -10,11 +10,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 LAYERS = ["bn_relu", "gn_relu", "evonorm_b0", "evonorm_s0",
           "b0_no_global_term", "b0_max_to_add", "relu", "tanh",
           "x_times_zero"]
 
 
+@pytest.mark.heavy
 def test_laptop_preset_accepts_good_and_rejects_bad_layers(tmp_path):
   output = tmp_path / "calibration.json"
   result = subprocess.run(

@@ -195,6 +195,7 @@ def cluster_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.heavy
 def test_search_on_a_cluster_survives_a_node_killed_midway(tmp_path,
                                                              cluster_root):
   root, nodes = cluster_root

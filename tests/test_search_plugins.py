@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import entry_points
 from tests.test_search_run import assert_one_line_error
 
 # A user's network: a small U-Net-like classifier with the candidate at
@@ -64,15 +65,19 @@ def plugin_dir(tmp_path_factory):
   return root
 
 
+def _plugin_env(plugin_dir):
+  return {"PYTHONPATH": os.pathsep.join([str(plugin_dir), os.getcwd(),
+                                         os.environ.get("PYTHONPATH", "")])}
+
+
 def _search(plugin_dir, *flags):
-  env = {**os.environ,
-         "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.getcwd(),
-                                        os.environ.get("PYTHONPATH", "")])}
   return subprocess.run(
       [sys.executable, "-m", "evonorm_layers.search", *flags],
-      capture_output=True, text=True, timeout=900, check=False, env=env)
+      capture_output=True, text=True, timeout=900, check=False,
+      env={**os.environ, **_plugin_env(plugin_dir)})
 
 
+@pytest.mark.heavy
 def test_user_anchor_image_directory_and_seed_layers(plugin_dir, tmp_path):
   output_dir = tmp_path / "search"
   result = _search(
@@ -110,24 +115,39 @@ def test_user_anchor_image_directory_and_seed_layers(plugin_dir, tmp_path):
   assert "nan" not in report
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--anchors=my_anchors:no_such_function"],
-     "'my_anchors' has no function 'no_such_function'"),
-    (["--anchors=no_such_module:build"], "cannot import 'no_such_module'"),
-    (["--anchors=my_anchors:forgets_the_norm"], "never called make_norm"),
-    (["--anchors=my_anchors:upsamples", "--stability_direction=exact"],
-     r"without a second derivative \(ResizeNearestNeighborGrad\).*"
-     "--stability_direction=finite_difference"),
-    (["--dataset=/no/such/images"], "Unknown dataset '/no/such/images'"),
-    (["--seed_layers=pixelnorm_relu"],
-     "'pixelnorm_relu' is not a layer of the search space"),
-    (["--seed_layers=evonorm_b0", "--algorithm=random"],
-     "seed_layers start an evolution"),
-])
-def test_plugin_mistakes_are_one_line_errors(plugin_dir, tmp_path, flags,
-                                             message):
-  result = _search(plugin_dir, f"--output_dir={tmp_path / 'out'}",
-                   "--dataset=digits", *flags)
-  assert result.returncode == 2
-  assert_one_line_error(result.stderr, message)
-  assert not (tmp_path / "out" / "evaluations.jsonl").exists()
+MISTAKES = {
+    "no_function": (["--anchors=my_anchors:no_such_function"],
+                    "'my_anchors' has no function 'no_such_function'"),
+    "no_module": (["--anchors=no_such_module:build"],
+                  "cannot import 'no_such_module'"),
+    "no_norm": (["--anchors=my_anchors:forgets_the_norm"],
+                "never called make_norm"),
+    "no_second_derivative": (
+        ["--anchors=my_anchors:upsamples", "--stability_direction=exact"],
+        r"without a second derivative \(ResizeNearestNeighborGrad\).*"
+        "--stability_direction=finite_difference"),
+    "no_images": (["--dataset=/no/such/images"],
+                  "Unknown dataset '/no/such/images'"),
+    "seed_not_in_space": (["--seed_layers=pixelnorm_relu"],
+                          "'pixelnorm_relu' is not a layer of the search "
+                          "space"),
+    "seed_random": (["--seed_layers=evonorm_b0", "--algorithm=random"],
+                    "seed_layers start an evolution"),
+}
+
+
+@pytest.fixture(scope="module")
+def mistakes(plugin_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("mistakes")
+  return root, entry_points.run("evonorm_layers.search.__main__", {
+      name: [f"--output_dir={root / name}", "--dataset=digits", *flags]
+      for name, (flags, _) in MISTAKES.items()}, env=_plugin_env(plugin_dir))
+
+
+@pytest.mark.xdist_group("search_plugin_mistakes")
+@pytest.mark.parametrize("case", MISTAKES)
+def test_plugin_mistakes_are_one_line_errors(mistakes, case):
+  root, outcomes = mistakes
+  assert outcomes[case].returncode == 2
+  assert_one_line_error(outcomes[case].stderr, MISTAKES[case][1])
+  assert not (root / case / "evaluations.jsonl").exists()

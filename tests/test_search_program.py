@@ -261,6 +261,7 @@ def test_encode_rejects_nothing_it_cannot_hold():
     program.load_program(tf.Module(), g)
 
 
+@pytest.mark.heavy
 def test_sessions_score_like_freshly_built_compiled_models():
   """A candidate evaluated on a reused anchor session (reset weights,
   optimizer and data) scores what a freshly built compiled model scores,

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from evonorm_layers.search import controller
+from tests import entry_points
 
 TINY = ["--dataset=digits", "--image_size=16", "--width=8",
         "--batch_size=32", "--anchors=resnet", "--quality_steps=15",
@@ -33,6 +34,7 @@ def _log(output_dir):
     return [line for line in f if line.endswith("\n")]
 
 
+@pytest.mark.heavy
 def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   output_dir = str(tmp_path / "search")
   marker = str(tmp_path / "worker_crashed")
@@ -112,41 +114,40 @@ def test_search_killed_midway_resumes_without_reevaluating(tmp_path):
   assert max(per_worker.values()) <= 4, per_worker
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--tournament=5", "--population=2"],
-     r"tournament \(5\) cannot exceed population \(2\)"),
-    (["--anchors=resnet,vgg"], r"Unknown proxy anchors \['vgg'\]"),
-    (["--quality_steps=50", "--train_steps=20"],
-     r"quality_steps \(50\) must be between 0 and train_steps \(20\)"),
-])
-def test_bad_flags_are_clear_errors(tmp_path, flags, message):
-  result = subprocess.run(
-      _search(f"--output_dir={tmp_path / 'out'}", *flags),
-      capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 2
-  assert_one_line_error(result.stderr, message)
-
-
-def test_output_dir_misuse_is_a_clear_error(tmp_path):
+def test_bad_flags_and_output_dir_misuse_are_clear_errors(tmp_path):
   existing = tmp_path / "existing"
   existing.mkdir()
   (existing / "config.json").write_text(json.dumps(
       controller.SearchConfig().to_dict()))
-  cases = [
-      ([f"--output_dir={existing}"], "already holds a search.*--resume"),
-      ([f"--output_dir={tmp_path / 'empty'}", "--resume"],
-       "holds no search"),
-      ([f"--output_dir={existing}", "--resume", "--criterion=average"],
-       "these flags differ from it: --criterion"),
-  ]
   file_path = tmp_path / "a_file"
   file_path.write_text("")
-  cases.append(([f"--output_dir={file_path}"], "is a file, not a directory"))
-  for flags, message in cases:
-    result = subprocess.run(_search(*flags), capture_output=True, text=True,
-                            timeout=120, check=False)
-    assert result.returncode == 2, flags
-    assert_one_line_error(result.stderr, message)
+  out = f"--output_dir={tmp_path / 'out'}"
+  cases = {
+      "tournament": ([out, "--tournament=5", "--population=2"],
+                     r"tournament \(5\) cannot exceed population \(2\)"),
+      "anchors": ([out, "--anchors=resnet,vgg"],
+                  r"Unknown proxy anchors \['vgg'\]"),
+      "quality_steps": ([out, "--quality_steps=50", "--train_steps=20"],
+                        r"quality_steps \(50\) must be between 0 and "
+                        r"train_steps \(20\)"),
+      "existing": ([f"--output_dir={existing}"],
+                   "already holds a search.*--resume"),
+      "resume_empty": ([f"--output_dir={tmp_path / 'empty'}", "--resume"],
+                       "holds no search"),
+      "resume_changed": ([f"--output_dir={existing}", "--resume",
+                          "--criterion=average"],
+                         "these flags differ from it: --criterion"),
+      "a_file": ([f"--output_dir={file_path}"],
+                 "is a file, not a directory"),
+  }
+  outcomes = entry_points.run("evonorm_layers.search.__main__", {
+      name: flags for name, (flags, _) in cases.items()})
+  for name, (_, message) in cases.items():
+    assert outcomes[name].returncode == 2, name
+    assert_one_line_error(outcomes[name].stderr, message)
+    assert outcomes[name].stderr.startswith(
+        "python -m evonorm_layers.search: error: "), name
+  assert not (tmp_path / "out").exists()
 
 
 def assert_one_line_error(stderr, message):

@@ -52,12 +52,13 @@ def main(_):
       params=params, model_dir=FLAGS.model_dir, trainer=trainer)
 
 
-def run():
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
   tfm_flags.define_flags()
   experiments.define_searched_layers_flag()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
-  app.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  define_flags()
+  app.run(main)
