@@ -101,23 +101,11 @@ def export_all(work_dir: str) -> list[tuple[str, str]]:
         os.path.join(work_dir, "checkpoints", _name(model, layer), "ckpt"))
     export.export(params, checkpoint, export_dir + ".tmp")
     if _TFLITE.value:
-      _write_tflite(export_dir + ".tmp", size)
+      export.write_tflite(export_dir + ".tmp",
+                          os.path.join(export_dir + ".tmp", "model.tflite"),
+                          batch_size=1, image_size=(size, size))
     os.replace(export_dir + ".tmp", export_dir)
   return pairs
-
-
-def _write_tflite(export_dir: str, size: int):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  loaded = tf.saved_model.load(export_dir)  # holds the variables
-  served = loaded.signatures["serving_default"]
-  (input_name,) = served.structured_input_signature[1]
-  spec = tf.TensorSpec([1, size, size, 3], tf.uint8, name=input_name)
-  concrete = tf.function(lambda x: served(**{input_name: x})
-                         ).get_concrete_function(spec)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete],
-                                                             loaded)
-  with open(os.path.join(export_dir, "model.tflite"), "wb") as f:
-    f.write(converter.convert())
 
 
 def time_all(work_dir: str, names: list[str]) -> dict:

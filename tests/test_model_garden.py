@@ -269,6 +269,63 @@ def test_exported_image_tensor_model_matches_keras_model(
                              atol=1e-5)
 
 
+def _tflite_logits(path, images):
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():  # its move to ai_edge_litert
+    warnings.simplefilter("ignore")
+    interpreter = tf.lite.Interpreter(model_path=path)
+  runner = interpreter.get_signature_runner()  # the serving signature's
+  (name,) = runner.get_input_details()
+  return runner(**{name: images})["logits"]
+
+
+def test_export_entry_point_writes_float32_and_int8_tflite(
+    trained_model_dir, digits_dir, tmp_path):
+  """The export command of docs/model_garden.md with --tflite: float32
+  TFLite (batches of 1: the export's batch size is not fixed) serves the
+  SavedModel's logits; int8, calibrated on a .npy of digits, agrees with it
+  on the predicted class."""
+  model_dir, _ = trained_model_dir
+  _, _, images = _validation_records(digits_dir, 64)
+  np.save(tmp_path / "digits.npy", images)  # resized by the export
+  # The TFLite model takes the model's input size.
+  images = tf.cast(tf.round(tf.image.resize(images, (32, 32))),
+                   tf.uint8).numpy()
+  common = ["--experiment=evonorm_resnet_digits", f"--params_override={FAST}",
+            f"--checkpoint_path={model_dir}", "--input_type=image_tensor"]
+  outcomes = entry_points.run("evonorm_vision.export_saved_model", {
+      "float32": [*common, f"--export_dir={tmp_path / 'export'}",
+                  f"--tflite={tmp_path / 'float32.tflite'}"],
+      "int8": [*common, f"--export_dir={tmp_path / 'export_int8'}",
+               f"--tflite={tmp_path / 'int8.tflite'}",
+               "--tflite_quantize=int8",
+               f"--representative_data={tmp_path / 'digits.npy'}",
+               "--representative_count=32"],
+      "int8_without_data": [*common, f"--export_dir={tmp_path / 'no'}",
+                            f"--tflite={tmp_path / 'no.tflite'}",
+                            "--tflite_quantize=int8"],
+  })
+  for name in ("float32", "int8"):
+    assert outcomes[name].returncode == 0, outcomes[name].stderr[-3000:]
+  assert outcomes["int8_without_data"].returncode == 2
+  assert "--representative_data" in outcomes["int8_without_data"].stderr
+  assert not (tmp_path / "no").exists()
+  served = tf.saved_model.load(str(tmp_path / "export")).signatures[
+      "serving_default"]
+  (name,) = served.structured_input_signature[1]
+  want = served(**{name: tf.constant(images)})["logits"].numpy()
+  float32 = np.concatenate([
+      _tflite_logits(str(tmp_path / "float32.tflite"), images[i:i + 1])
+      for i in range(8)])
+  np.testing.assert_allclose(float32, want[:8], rtol=1e-4,
+                             atol=1e-4 * np.abs(want).max())
+  quantized = np.concatenate([
+      _tflite_logits(str(tmp_path / "int8.tflite"), images[i:i + 1])
+      for i in range(len(images))])
+  agreement = np.mean(quantized.argmax(-1) == want.argmax(-1))
+  assert agreement >= 0.9, agreement
+
+
 @pytest.mark.parametrize("input_type", ["image_bytes", "tf_example"])
 def test_exported_encoded_input_models_match_in_process_model(
     trained_model_dir, digits_dir, tmp_path, input_type):

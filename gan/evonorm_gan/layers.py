@@ -49,7 +49,9 @@ class _SpectralNorm:
       self.u.assign(u)
     u, v = tf.stop_gradient(u), tf.stop_gradient(v)
     sigma = tf.matmul(tf.matmul(v, w), u, transpose_b=True)[0, 0]
-    return tf.cast(kernel / sigma, kernel.dtype)
+    # In the layer's compute dtype: under mixed precision the variable's
+    # dtype is float32 and its reads (and the layer's inputs) bfloat16.
+    return tf.cast(tf.cast(kernel, tf.float32) / sigma, self.compute_dtype)
 
 
 @_serializable

@@ -17,7 +17,7 @@ from absl import app
 # The errors the project raises for bad input, each with a message that says
 # what was wrong and how to fix it.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, app.UsageError)
+               NotADirectoryError, IsADirectoryError, app.UsageError)
 
 
 @contextlib.contextmanager
