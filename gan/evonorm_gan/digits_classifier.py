@@ -23,6 +23,7 @@ import tf_keras
 
 from evonorm_gan import data as data_lib
 from evonorm_gan import evaluation
+from evonorm_model_garden import export as model_garden_export
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), "evonorm_data",
                          "digits_classifier")
@@ -86,8 +87,9 @@ def train_and_save(path: str, dataset: str = "mnist5k", resolution: int = 32,
   # Written aside and renamed: parallel workers that train it at the same
   # time leave one complete copy.
   staging = f"{path}.tmp{os.getpid()}"
-  tf.saved_model.save(module, staging,
-                      signatures={"serving_default": module.serve})
+  with model_garden_export.signatures_only():  # no per-layer Keras traces
+    tf.saved_model.save(module, staging,
+                        signatures={"serving_default": module.serve})
   with open(os.path.join(staging, "accuracy.txt"), "w") as f:
     f.write(f"{accuracy:.4f}\n")
   try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from evonorm_model_garden import export as model_garden_export
+
 
 class _Sampler(tf.Module):
   """The generator's variables and one serving function. The Keras model is
@@ -36,6 +38,7 @@ class _Sampler(tf.Module):
 def export_generator(generator, export_dir: str) -> str:
   """Writes ``generator`` (usually the EMA one) to ``export_dir``."""
   module = _Sampler(generator)
-  tf.saved_model.save(module, export_dir,
-                      signatures={"serving_default": module.serve})
+  with model_garden_export.signatures_only():  # no per-layer Keras traces
+    tf.saved_model.save(module, export_dir,
+                        signatures={"serving_default": module.serve})
   return export_dir
