@@ -76,8 +76,8 @@ TFLITE_QUANTIZATIONS = ("none", "dynamic_range", "int8")
 def check_tflite_request(input_type: str, tflite_path: str | None,
                          quantize: str, representative_data: str | None):
   """Raises, before any work, unless the TFLite conversion asked for can
-  be done: an ``image_tensor`` input, a file path (not a folder), representative
-  images exactly when quantizing to int8."""
+  be done: an ``image_tensor`` input, a file path (not a folder),
+  representative images exactly when quantizing to int8."""
   if not tflite_path:
     if quantize != "none" or representative_data:
       raise ValueError("--tflite_quantize and --representative_data apply "
