@@ -21,10 +21,13 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 import tensorflow as tf
 import tf_keras
+from official.core import task_factory
 
 import evonorm_layers
+from evonorm_model_garden import experiments
 from evonorm_model_garden import export
 
 LAYERS = evonorm_layers.registry.available_norm_activations()
@@ -100,7 +103,6 @@ def _predict(model_content: bytes, images: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   data = load_digits()
   images = np.repeat(data.images[..., None] / 16.0, 3, -1).astype(np.float32)
   return (images[:1400], data.target[:1400]), (images[1400:],
@@ -136,8 +138,6 @@ def test_quantized_tflite_predicts_the_keras_class(name, digits):
 @pytest.mark.parametrize("experiment", ["evonorm_mobilenetv2_imagenet",
                                         "evonorm_efficientnet_b0_imagenet"])
 def test_mobile_classifiers_convert_and_equal_keras(experiment, layer):
-  from official.core import task_factory  # pylint: disable=g-import-not-at-top
-  from evonorm_model_garden import experiments  # pylint: disable=g-import-not-at-top
   params = experiments.load_params(experiment, (), ",".join([
       f"task.model.norm_activation.type={layer}",
       "task.model.norm_activation.use_sync_bn=false",

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras
 from official.core import task_factory
 
+from evonorm_detection.data import shapes
 from evonorm_gan import models as gan_models
 from evonorm_model_garden import experiments
 
@@ -114,7 +115,6 @@ def test_biggan_deep_generator_step(layer, policy):
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
-  from evonorm_detection.data import shapes  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp("shapes"))
   shapes.write_shapes_dataset(path, {"train": 2, "val": 2})
   return path
@@ -130,7 +130,6 @@ MASK_RCNN = {
 
 
 def _mask_rcnn(network, shapes_dir):
-  from evonorm_detection.data import shapes  # pylint: disable=g-import-not-at-top
   experiment, layer, overrides = MASK_RCNN[network]
   params = experiments.load_params(experiment, (), (
       f"{overrides}task.model.norm_activation.type={layer},"

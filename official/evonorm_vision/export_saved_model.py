@@ -38,7 +38,8 @@ def define_flags():
   flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: any).")
   flags.DEFINE_string("tflite", None, "Also write a TFLite model here "
                       "(image_tensor input).")
-  flags.DEFINE_enum("tflite_quantize", "none", list(export.TFLITE_QUANTIZATIONS),
+  flags.DEFINE_enum("tflite_quantize", "none",
+                    list(export.TFLITE_QUANTIZATIONS),
                     "TFLite weights and activations: float32 (none), int8 "
                     "weights (dynamic_range), or both int8 (int8).")
   flags.DEFINE_string("representative_data", None, "Images that calibrate "
