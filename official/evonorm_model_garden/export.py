@@ -87,9 +87,6 @@ def check_tflite_request(input_type: str, tflite_path: str | None,
     raise ValueError(f"--tflite needs --input_type=image_tensor (got "
                      f"{input_type!r}): TFLite has no image decoding or "
                      "tf.Example parsing ops.")
-  if quantize not in TFLITE_QUANTIZATIONS:
-    raise ValueError(f"--tflite_quantize={quantize!r}: choose among "
-                     f"{', '.join(TFLITE_QUANTIZATIONS)}.")
   if tf.io.gfile.isdir(tflite_path):
     raise IsADirectoryError(f"--tflite={tflite_path!r} is a directory: "
                             "name the .tflite file to write.")
