@@ -86,6 +86,23 @@ def test_each_table6_layer_trains(layer, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_offline_images_are_each_image_resized_and_cropped():
+  """The offline datasets are resized as one batch; each image equals its
+  own resize (28x28 MNIST digits padded to 32, then to 16: a 2x2 area
+  mean, gray copied to RGB, in [-1, 1])."""
+  images, labels = trainer_lib.data_lib.offline_images("mnist5k", 16)
+  raw, raw_labels = trainer_lib.data_lib.offline_arrays("mnist5k")
+  assert images.shape == (len(raw), 16, 16, 3) and images.dtype == np.float32
+  np.testing.assert_array_equal(labels, raw_labels)
+  for i in (0, len(raw) - 1):
+    one = trainer_lib.data_lib.resize_and_crop(raw[i], 16).numpy()
+    np.testing.assert_allclose(images[i], one, atol=1e-5)
+    pooled = raw[i].astype(np.float64).reshape(16, 2, 16, 2).mean((1, 3))
+    np.testing.assert_allclose(images[i, ..., 0], pooled / 127.5 - 1,
+                               atol=1e-4)
+    assert np.array_equal(images[i, ..., 0], images[i, ..., 2])
+
+
 def test_kept_channels_equal_the_full_convolution_sliced():
   """SNConv2D(kept_channels=3) convolves only the kept channels, with the
   spectral norm of the whole kernel: outputs and gradients equal a full

@@ -41,13 +41,16 @@ def check_available(data_config):
 
 
 def resize_and_crop(image: tf.Tensor, resolution: int) -> tf.Tensor:
-  """Shorter side to ``resolution``, center crop, float in [-1, 1]."""
+  """Shorter side to ``resolution``, center crop, float in [-1, 1].
+
+  ``image`` is ``[H, W]``, ``[H, W, C]`` or a batch ``[N, H, W, C]`` of
+  images of one size (resized together, as fast as one)."""
   image = tf.cast(image, tf.float32)
   if image.shape.rank == 2:
     image = image[..., None]
   if image.shape[-1] == 1:
     image = tf.image.grayscale_to_rgb(image)
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  shape = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   scale = resolution / tf.reduce_min(shape)
   size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
   image = tf.image.resize(image, size, method="area", antialias=True)
@@ -68,9 +71,7 @@ def offline_images(source: str, resolution: int, split: str = "train"):
   """An offline dataset's split as the GAN sees it: float32 RGB images in
   [-1, 1] at ``resolution`` and int32 labels, in memory."""
   images, labels = offline_arrays(source, split)
-  images = tf.map_fn(lambda x: resize_and_crop(x, resolution),
-                     tf.constant(images), fn_output_signature=tf.float32)
-  return images.numpy(), labels
+  return resize_and_crop(images[..., None], resolution).numpy(), labels
 
 
 def dataset(data_config, resolution: int, batch_size: int,
