@@ -9,6 +9,11 @@ registry::
     evonorm_layers.available_norm_activations()
 """
 
+# Before TensorFlow is imported (quiet start-up when run as a program).
+from evonorm_layers import startup as _startup
+_startup.quiet_when_run_as_program()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from evonorm_layers.base import BatchDependentNormActivation
 from evonorm_layers.base import GroupedNormActivation
 from evonorm_layers.base import NormActivation

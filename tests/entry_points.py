@@ -4,9 +4,10 @@ A bad-input test checks what a user sees: the exit status, and one error
 line on stderr with no traceback and no flag help. Each of those used to
 start its own interpreter, and importing TensorFlow and Model Garden costs
 most of a bad-input test's time. Here one child process imports the entry
-point once and runs its ``main`` through ``absl.app.run`` for every command
-line, with the flags reset in between, capturing what each run printed and
-its exit status, as the entry point would have in its own process.
+point once and runs its ``main`` through ``cli.run`` (as its ``__main__``
+does) for every command line, with the flags reset in between, capturing
+what each run printed and its exit status, as the entry point would have in
+its own process.
 (TensorFlow's C++ start-up lines go to the real stderr, not to a case's.)
 
   outcomes = entry_points.run("evonorm_gan.train", {"case": ["--flag=..."]})
@@ -57,8 +58,8 @@ def _exit_status(code) -> int:
 
 
 def _run_cases(module_name: str, cases: dict[str, list[str]]) -> dict:
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(module_name)
   if hasattr(module, "define_flags"):  # what its `__main__` block does first
     module.define_flags()
@@ -73,7 +74,7 @@ def _run_cases(module_name: str, cases: dict[str, list[str]]) -> dict:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(
         stderr):
       try:
-        app.run(module.main, argv=[module_name, *argv])
+        cli.run(module.main, argv=[module_name, *argv])
         code = 0
       except SystemExit as exit_:
         code = _exit_status(exit_.code)

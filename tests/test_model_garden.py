@@ -4,6 +4,7 @@ import collections
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,15 +143,52 @@ BAD_INPUT = {
     "unknown_layer": (
         "task.model.norm_activation.type=evonorm_b9",
         r"Unknown normalization-activation layer 'evonorm_b9'. Valid names:"),
+    "misspelled_key": (
+        "task.model.norm_activaton.type=evonorm_s0",
+        r"--params_override: task.model.norm_activaton is not a field of "
+        r"this experiment's config; did you mean task.model.norm_activation"),
+    "not_a_number": (
+        "task.train_data.global_batch_size=abc",
+        r"task.train_data.global_batch_size='abc' should be an integer"),
+    "a_section": ("task.model=3", r"task.model is a section of the config"),
+}
+# Bad flags: (extra flags, the model_dir is a file?, error pattern).
+BAD_FLAGS = {
+    "missing_config_file": (["--config_file=/nonexistent/r50.yaml"], False,
+                            r"--config_file='/nonexistent/r50.yaml' does "
+                            "not exist"),
+    "model_dir_is_a_file": ([], True, r"--model_dir='.*' is a file: pass a "
+                            "directory"),
+    "unknown_flag": (["--modle_dir=x"], False,
+                     r"Unknown command line flag 'modle_dir'"),
 }
 
 
 @pytest.fixture(scope="module")
 def bad_input_outcomes(tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
-  return root, entry_points.run("evonorm_vision.train", {
-      name: _train_cmd(str(root / name), overrides)[3:]
-      for name, (overrides, _) in BAD_INPUT.items()})
+  cases = {name: _train_cmd(str(root / name), overrides)[3:]
+           for name, (overrides, _) in BAD_INPUT.items()}
+  for name, (extra, is_file, _) in BAD_FLAGS.items():
+    if is_file:
+      (root / name).write_text("not a folder")
+    cases[name] = _train_cmd(str(root / name), FAST)[3:] + extra
+  cases["no_flags"] = []
+  return root, entry_points.run("evonorm_vision.train", cases)
+
+
+@pytest.mark.xdist_group("vision_train_bad_input")
+@pytest.mark.parametrize("case", [*BAD_FLAGS, "no_flags"])
+def test_entry_point_rejects_bad_flags_in_one_line(bad_input_outcomes, case):
+  _, outcomes = bad_input_outcomes
+  result = outcomes[case]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.count("\n") == 1, result.stderr[-3000:]
+  assert result.stderr.startswith("python -m evonorm_vision.train: error: ")
+  pattern = (r"missing --experiment=\.\.\. --mode=\.\.\. "
+             r"--model_dir=\.\.\.; see --helpshort" if case == "no_flags"
+             else BAD_FLAGS[case][2])
+  assert re.search(pattern, result.stderr), result.stderr
 
 
 @pytest.mark.xdist_group("vision_train_bad_input")
@@ -163,7 +201,7 @@ def test_entry_point_rejects_bad_input_before_training(bad_input_outcomes,
   errors = [l for l in result.stderr.splitlines() if ": error: " in l]
   assert len(errors) == 1, result.stderr[-3000:]
   assert errors[0].startswith("python -m evonorm_vision.train: error: ")
-  assert __import__("re").search(BAD_INPUT[case][1], errors[0]), errors[0]
+  assert re.search(BAD_INPUT[case][1], errors[0]), errors[0]
   assert "Traceback" not in result.stderr
   assert not tf.io.gfile.glob(str(root / case / "ckpt-*"))
 
@@ -305,11 +343,34 @@ def test_export_entry_point_writes_float32_and_int8_tflite(
       "int8_without_data": [*common, f"--export_dir={tmp_path / 'no'}",
                             f"--tflite={tmp_path / 'no.tflite'}",
                             "--tflite_quantize=int8"],
+      # Mistakes: each one line, nothing written.
+      "other_layer": [*common[:1], f"--params_override={FAST},"
+                      "task.model.norm_activation.type=evonorm_s0",
+                      *common[2:], f"--export_dir={tmp_path / 'no'}"],
+      "checkpoint_is_not_one": [
+          *common[:2], f"--checkpoint_path={model_dir}/params.yaml",
+          f"--export_dir={tmp_path / 'no'}"],
+      "export_dir_is_a_file": [*common, f"--export_dir={digits_dir}/"
+                               + os.listdir(digits_dir)[0]],
   })
   for name in ("float32", "int8"):
     assert outcomes[name].returncode == 0, outcomes[name].stderr[-3000:]
-  assert outcomes["int8_without_data"].returncode == 2
-  assert "--representative_data" in outcomes["int8_without_data"].stderr
+  mistakes = {
+      "int8_without_data": "--representative_data",
+      # Trained with EvoNorm-B0: S0 has no moving variance (Model Garden
+      # would restore the rest and export a model scoring chance).
+      "other_layer": (r"does not fit the model of this config \(layer "
+                      r"evonorm_s0\): \d+ variables differ, e\.g\. "
+                      r"model/.*moving_variance is only in the checkpoint"),
+      "checkpoint_is_not_one": (r"params.yaml' is not a readable TensorFlow "
+                                "checkpoint"),
+      "export_dir_is_a_file": r"--export_dir='.*' is a file",
+  }
+  for name, pattern in mistakes.items():
+    result = outcomes[name]
+    assert result.returncode == 2, (name, result.stderr[-3000:])
+    assert result.stderr.count("\n") == 1, (name, result.stderr[-3000:])
+    assert re.search(pattern, result.stderr), (name, result.stderr)
   assert not (tmp_path / "no").exists()
   served = tf.saved_model.load(str(tmp_path / "export")).signatures[
       "serving_default"]

@@ -6,3 +6,6 @@ mask head take their normalization-activation layers from the
 Layers"). Importing :mod:`evonorm_detection.registry_imports` registers the
 backbones, decoder, experiments and task with Model Garden.
 """
+
+# Its programs start quietly (evonorm_layers.startup), before TensorFlow.
+import evonorm_layers  # pylint: disable=unused-import,g-import-not-at-top

@@ -25,12 +25,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 import numpy as np
 
 from evonorm_detection import predictions
 from evonorm_detection import quickstart_lib
+from evonorm_model_garden import cli
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _LAYERS = flags.DEFINE_list("layers", ["evonorm_b0"], "Registered layers, "
@@ -76,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

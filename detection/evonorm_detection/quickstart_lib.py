@@ -93,6 +93,7 @@ def run(layer: str, workdir: str, epochs: int, params_override: str = "",
   picture_name``); returns the results."""
   data_dir = os.path.join(workdir, "data")
   with cli.user_errors():  # bad names and overrides, before any work
+    cli.check_output_dir("--workdir", workdir)
     params = experiment_params(layer, data_dir, epochs, params_override,
                                steps)
   shapes.write_shapes_dataset(data_dir)

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 
 from evonorm_model_garden import cli
@@ -226,6 +225,7 @@ def main(argv):
     if not FLAGS.output_dir:
       raise ValueError("--output_dir is required: the directory of the "
                        "search's log, checkpoint and report.")
+    cli.check_output_dir("--output_dir", FLAGS.output_dir)
     unknown = sorted(set(FLAGS.baselines) - set(KNOWN_GRAPHS))
     if unknown:
       raise ValueError(f"Unknown --baselines {unknown}; choose among "
@@ -286,4 +286,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

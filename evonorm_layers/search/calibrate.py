@@ -24,7 +24,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from evonorm_model_garden import cli  # noqa: E402
@@ -72,6 +71,23 @@ def calibrate(config, names=None, progress: bool = True) -> list[dict]:
   return rows
 
 
+def verdict(rows) -> str:
+  """The calibration's conclusion: CALIBRATED only when both good and bad
+  layers were run and every one got its expected verdict."""
+  if not all(r["ok"] for r in rows):
+    wrong = [r["layer"] for r in rows if not r["ok"]]
+    return (f"NOT CALIBRATED ({', '.join(wrong)} got the wrong verdict)")
+  kinds = {r["expected"] for r in rows}
+  if kinds == {"accept", "reject"}:
+    return "CALIBRATED (accepts the good layers and rejects the bad ones)"
+  untested = "bad layers (rejects)" if kinds == {"accept"} else (
+      "good layers (accepts)")
+  return (f"PARTLY CHECKED: every layer run got its expected verdict, but no "
+          f"{untested} were run; run without --layers (or add "
+          f"{'a bad layer' if kinds == {'accept'} else 'a good layer'}) to "
+          "calibrate")
+
+
 def describe(row) -> str:
   return "accepted" if row["status"] == "accepted" else rejection_text(row)
 
@@ -115,14 +131,16 @@ def main(argv):
     if unknown:
       raise ValueError(f"Unknown calibration layers {unknown}; choose among "
                        f"{', '.join(LAYERS)}.")
+    cli.check_output_file("--json_output", FLAGS.json_output)
     config = proxy_flags.proxy_config(FLAGS.seed)
   rows = calibrate(config, FLAGS.layers, progress=FLAGS.progress)
   good = all(r["ok"] for r in rows)
   print(f"\nPreset {FLAGS.preset} with {proxy_flags.given() or 'no changes'}"
-        f": {'CALIBRATED' if good else 'NOT CALIBRATED'} (accepts the good "
-        "layers and rejects the bad ones)\n")
+        f": {verdict(rows)}\n")
   print(table(rows, config.anchors))
   if FLAGS.json_output:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_output)),
+                exist_ok=True)
     with open(FLAGS.json_output, "w") as f:
       json.dump({"config": config.to_dict(), "rows": rows}, f, indent=1)
   sys.stdout.flush()
@@ -130,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

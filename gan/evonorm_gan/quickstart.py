@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -71,6 +70,7 @@ def run(layers, workdir: str, steps: int | None, params_override: str = "",
   """Trains each layer's GAN, evaluates and exports its EMA generator;
   returns one row of results per layer."""
   with cli.user_errors():
+    cli.check_output_dir("--workdir", workdir)
     configs = {layer: config_for(layer, steps, params_override)
                for layer in layers}
   config = next(iter(configs.values()))
@@ -175,4 +175,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

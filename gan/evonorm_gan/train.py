@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -106,6 +105,8 @@ def evaluate(trainer, config, model_dir: str, classifier=None,
 def main(_):
   f = flags.FLAGS
   with cli.user_errors():  # bad input: one line, before any work
+    cli.check_output_dir("--model_dir", f.model_dir)
+    cli.check_output_dir("--export_dir", f.export_dir)
     config = load_config(f.experiment, f.config_file, f.params_override)
     data_lib.check_available(config.data)
     if "eval" in f.mode and not config.evaluation.inception_path:
@@ -143,4 +144,4 @@ def define_flags():
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -10,26 +10,101 @@ later, during the work itself, keep their tracebacks.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
+import traceback
 
 from absl import app
+from absl import flags
+
+from evonorm_layers import startup
 
 # The errors the project raises for bad input, each with a message that says
 # what was wrong and how to fix it.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, IsADirectoryError, app.UsageError)
+               NotADirectoryError, IsADirectoryError, PermissionError,
+               app.UsageError)
 
 
 @contextlib.contextmanager
 def user_errors(program: str | None = None):
-  """Turns bad-input errors raised inside into one line and exit status 2."""
+  """Turns bad-input errors raised inside into one line and exit status 2
+  (with ``--verbose`` or ``EVONORM_VERBOSE=1``, the traceback too)."""
   try:
     yield
   except USER_ERRORS as error:
-    name = program or _program_name()
-    message = " ".join(str(error).split("\n"))
-    print(f"{name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    if startup.verbose():
+      traceback.print_exc()
+    fail(str(error), program)
+
+
+def fail(message: str, program: str | None = None):
+  """Prints ``PROGRAM: error: MESSAGE`` as one line; exits with status 2."""
+  name = program or _program_name()
+  print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag (unknown, missing, out of range, not a
+  number) reported as one line instead of absl's "FATAL Flags parsing
+  error" and usage hint."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    missing = re.findall(r"Flag --(\w+) must have a value other than None",
+                         str(error))
+    if missing:
+      fail(f"missing {' '.join(f'--{m}=...' for m in missing)}; see "
+           "--helpshort for what each one takes.")
+    fail(f"{error}; see --helpshort for the flags.")
+
+
+def run(main, argv: list[str] | None = None):
+  """``absl.app.run(main)`` with :func:`parse_flags`: every entry point's
+  ``__main__``."""
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def check_output_dir(flag: str, path: str | None):
+  """Raises unless ``path`` (given as ``flag``) is a directory or can be
+  made one: not a file, nor under one."""
+  if not path:
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+    raise NotADirectoryError(f"{flag}={path!r} is a file: pass a directory "
+                             "(it is created if missing).")
+  _check_parents(flag, path)
+
+
+def check_output_file(flag: str, path: str | None):
+  """Raises unless ``path`` (given as ``flag``) can be written as a file:
+  not a directory; its folder is created if missing."""
+  if not path:
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.isdir(path):
+    raise IsADirectoryError(f"{flag}={path!r} is a directory: name the "
+                            "file to write.")
+  _check_parents(flag, path)
+
+
+def _check_parents(flag: str, path: str):
+  """Local paths: the first existing folder above ``path`` must be a
+  writable folder (remote ones, gs://..., are checked when written)."""
+  if "://" in path:
+    return
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise NotADirectoryError(f"{flag}={path!r} is under {parent!r}, which is "
+                             "a file: choose another path.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise PermissionError(f"{flag}={path!r}: {parent!r} is not writable "
+                          "by this user: choose another path.")
 
 
 def _program_name() -> str:

@@ -16,6 +16,7 @@ entry point knows every installed task package without importing one.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from importlib import metadata
 import importlib
@@ -28,6 +29,8 @@ from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_utils
 from official.modeling import hyperparams
+from official.modeling.hyperparams import params_dict
+import yaml
 
 import evonorm_layers
 
@@ -101,14 +104,130 @@ def load_params(name: str, config_files=(), params_override: str = "",
   register_searched_layers(searched_layers)
   params = exp_factory.get_exp_config(name)
   for path in config_files or ():
-    params = hyperparams.override_params_dict(params, path, is_strict=True)
+    params = hyperparams.override_params_dict(
+        params, _read_config_file(path, params), is_strict=True)
   if params_override:
-    params = hyperparams.override_params_dict(params, params_override,
-                                              is_strict=True)
+    params = hyperparams.override_params_dict(
+        params, _parse_override(params_override, params), is_strict=True)
   params.validate()
   params.lock()
   check_layer_name(params)
   return params
+
+
+def _read_config_file(path: str, params) -> dict:
+  """A ``--config_file``'s overrides, checked against ``params``."""
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"--config_file={path!r} does not exist.")
+  if tf.io.gfile.isdir(path):
+    raise IsADirectoryError(f"--config_file={path!r} is a directory: name "
+                            "a YAML file.")
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      values = yaml.load(f, Loader=params_dict._LOADER)  # pylint: disable=protected-access
+    except yaml.YAMLError as error:
+      mark = getattr(error, "problem_mark", None)
+      where = f" at line {mark.line + 1}" if mark is not None else ""
+      raise ValueError(f"--config_file={path!r} is not valid YAML{where}: "
+                       f"{getattr(error, 'problem', None) or error}.") from None
+  if values is None:
+    return {}
+  if not isinstance(values, dict):
+    raise ValueError(f"--config_file={path!r} holds a YAML "
+                     f"{type(values).__name__}, not a mapping of config "
+                     "fields (e.g. `task:` then `model:` ...).")
+  check_overrides(values, config_fields(params), f"--config_file={path}")
+  return values
+
+
+def _parse_override(text: str, params) -> dict:
+  """``--params_override``'s ``a.b=1,c=x`` (or YAML/JSON) as a dict,
+  checked against ``params``."""
+  try:
+    text = params_dict.nested_csv_str_to_json_str(text)
+  except ValueError:
+    pass  # YAML or JSON, as Model Garden accepts
+  try:
+    values = yaml.load(text, Loader=params_dict._LOADER)  # pylint: disable=protected-access
+  except yaml.YAMLError:
+    values = None
+  if not isinstance(values, dict):
+    raise ValueError(f"--params_override={text!r} is not a list of "
+                     "field=value pairs (e.g. trainer.train_steps=100,"
+                     "task.model.norm_activation.type=evonorm_s0).")
+  check_overrides(values, config_fields(params), "--params_override")
+  return values
+
+
+def config_fields(config):
+  """Every field of a Model Garden config as nested dicts, each choice of a
+  one-of section included (``as_dict`` keeps only the chosen one)."""
+  if isinstance(config, params_dict.ParamsDict):
+    return {k: config_fields(v) for k, v in config.__dict__.items()
+            if k not in config.RESERVED_ATTR}
+  return config
+
+
+def _flat_keys(config: dict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, dict):
+      keys += _flat_keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def _type_error(value, default) -> str | None:
+  """What is wrong with ``value`` for a field whose default is
+  ``default`` (None when it fits)."""
+  if default is None or value is None:
+    return None
+  if isinstance(default, bool):
+    return None if isinstance(value, bool) else "true or false"
+  if isinstance(default, int):
+    return (None if isinstance(value, int) and not isinstance(value, bool)
+            else "an integer")
+  if isinstance(default, float):
+    return (None if isinstance(value, (int, float)) and
+            not isinstance(value, bool) else "a number")
+  if isinstance(default, str):  # a name such as model_id='49' may be a number
+    return (None if isinstance(value, (str, int, float)) and
+            not isinstance(value, bool) else "a string")
+  if isinstance(default, (list, tuple)):
+    return None if isinstance(value, (list, tuple)) else "a list ([a, b])"
+  return None
+
+
+def check_overrides(values: dict, defaults: dict, source: str,
+                    prefix: str = ""):
+  """Raises unless every key of ``values`` is a field of ``defaults`` (an
+  unknown key names the closest fields) holding a value of the field's
+  type."""
+  for key, value in values.items():
+    name = f"{prefix}{key}"
+    if key not in defaults:
+      known = _flat_keys(defaults, prefix)
+      close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+      hint = (f"did you mean {', '.join(close)}?" if close else
+              "its section's fields are: " + ", ".join(
+                  sorted(defaults)[:12]) + ("..." if len(defaults) > 12
+                                            else "") + ".")
+      raise ValueError(f"{source}: {name} is not a field of this "
+                       f"experiment's config; {hint}")
+    default = defaults[key]
+    if isinstance(default, dict) and default:
+      if isinstance(value, dict):
+        check_overrides(value, default, source, f"{name}.")
+      elif value is not None:
+        raise ValueError(f"{source}: {name} is a section of the config "
+                         f"(fields {', '.join(sorted(default)[:6])}...); set "
+                         f"one of its fields, e.g. {name}.{sorted(default)[0]}"
+                         "=...")
+      continue
+    expected = _type_error(value, default)
+    if expected:
+      raise ValueError(f"{source}: {name}={value!r} should be {expected} "
+                       f"(its default is {default!r}).")
 
 
 def parse(flags_obj):

@@ -14,7 +14,6 @@ by default, ``--tflite_quantize=dynamic_range`` (int8 weights) or
 files).
 """
 
-from absl import app
 from absl import flags
 
 from evonorm_model_garden import cli
@@ -55,8 +54,10 @@ def define_flags():
 def main(_):
   f = flags.FLAGS
   with cli.user_errors():  # bad input: one line, before any work
+    cli.check_output_dir("--export_dir", f.export_dir)
+    cli.check_output_file("--tflite", f.tflite)
     params = experiments.parse(f)
-    export.check_checkpoint(f.checkpoint_path)
+    export.check_checkpoint(f.checkpoint_path, params)
     export.check_tflite_request(f.input_type, f.tflite, f.tflite_quantize,
                                 f.representative_data)
   export_dir = export.export(params, f.checkpoint_path, f.export_dir,
@@ -75,4 +76,4 @@ def main(_):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -27,7 +27,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -52,7 +51,8 @@ _COMPARE = flags.DEFINE_bool("compare", False,
                              f"Train {', '.join(COMPARED)} and compare.")
 _WORKDIR = flags.DEFINE_string("workdir", "evonorm_quickstart",
                                "Data, checkpoints, exports and the plot.")
-_EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per layer.")
+_EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per layer.",
+                               lower_bound=1)
 _OVERRIDE = flags.DEFINE_string("params_override", "",
                                 "Further experiment overrides.")
 _VERBOSE = flags.DEFINE_bool(
@@ -122,6 +122,7 @@ def run(layers, workdir: str, epochs: int, params_override: str = "",
   """Trains, exports and reloads each layer; returns rows for the table."""
   data_dir = os.path.join(workdir, "data")
   with cli.user_errors():  # bad names and overrides, before any work
+    cli.check_output_dir("--workdir", workdir)
     all_params = {layer: experiment_params(layer, data_dir, epochs,
                                            params_override)
                   for layer in layers}
@@ -163,4 +164,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,6 @@ task.train_data.tfds_data_dir=gs://bucket/tfds,\
 task.validation_data.tfds_data_dir=gs://bucket/tfds
 """
 
-from absl import app
 from absl import flags
 from official.common import flags as tfm_flags
 from official.core import train_lib
@@ -33,6 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   with cli.user_errors():  # bad input: one line, before any work
+    cli.check_output_dir("--model_dir", FLAGS.model_dir)
     params = experiments.parse(FLAGS)
     experiments.check_inputs(params, FLAGS.mode)
     strategy = experiments.make_strategy(params.runtime,
@@ -61,4 +61,4 @@ def define_flags():
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

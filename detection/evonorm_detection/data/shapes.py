@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 from official.vision.data import tf_example_builder
 from pycocotools import mask as mask_lib
+
+from evonorm_model_garden import cli
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"},
               {"id": 3, "name": "triangle"})
@@ -184,4 +185,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("output_dir", os.path.join("~", "evonorm_data",
                                                  "shapes"),
                       "Where to write the TFRecords and annotations.")
-  app.run(main)
+  cli.run(main)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from evonorm_layers import datasets
+from evonorm_model_garden import cli
 
 # Image size in the TFRecords: MNIST is padded to 32x32.
 RECORD_SIZE = {"mnist5k": 32, "digits": 8}
@@ -101,4 +101,4 @@ if __name__ == "__main__":
                     "Which offline dataset to write.")
   flags.DEFINE_string("output_dir", None, "Where to write the TFRecords "
                       "(default ~/evonorm_data/DATASET).")
-  app.run(main)
+  cli.run(main)
