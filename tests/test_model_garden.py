@@ -360,8 +360,8 @@ def test_export_entry_point_writes_float32_and_int8_tflite(
       # Trained with EvoNorm-B0: S0 has no moving variance (Model Garden
       # would restore the rest and export a model scoring chance).
       "other_layer": (r"does not fit the model of this config \(layer "
-                      r"evonorm_s0\): \d+ variables differ, e\.g\. "
-                      r"model/.*moving_variance is only in the checkpoint"),
+                      r"evonorm_s0\): \d+ variable\(s\) differ, e\.g\. "
+                      r"\w+/moving_variance is only in the checkpoint"),
       "checkpoint_is_not_one": (r"params.yaml' is not a readable TensorFlow "
                                 "checkpoint"),
       "export_dir_is_a_file": r"--export_dir='.*' is a file",
