@@ -369,6 +369,12 @@ BAD_INPUT = {
     "missing_tfds": ("data.source=tfds,data.tfds_name=cifar10,"
                      "data.tfds_data_dir=/nonexistent", "is not prepared in"),
     "batch": ("data.global_batch_size=0", "not divisible"),
+    # The classifier's config, not the GAN's.
+    "other_config": ("task.model.norm_activation.type=evonorm_s0",
+                     "--params_override: task is not a field of this "
+                     "experiment's config; its section's fields are: data,"),
+    "not_a_number": ("generator.ch=wide",
+                     "generator.ch='wide' should be an integer"),
 }
 
 
