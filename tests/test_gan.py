@@ -400,6 +400,26 @@ def test_bad_input_is_one_line(bad_input_outcomes, case):
   assert "Traceback" not in result.stderr
 
 
+def test_diverged_gan_stops_in_one_line_naming_its_last_checkpoint(
+    tmp_path, capsys):
+  """The GAN trainer raises FloatingPointError at a non-finite loss, before
+  it saves; the entry points' handler names the checkpoint kept."""
+  config = train_lib.load_config(MNIST32, (), TINY)
+  kept = tf.train.Checkpoint(step=tf.Variable(2)).save(str(tmp_path / "ckpt"))
+  with pytest.raises(SystemExit) as exit_:
+    with train_lib.stop_on_divergence(config, str(tmp_path)):
+      raise FloatingPointError("Non-finite GAN losses at step 4: {...}")
+  assert exit_.value.code == 1
+  (line,) = capsys.readouterr().err.splitlines()
+  assert ": error: training diverged with norm_activation.type=evonorm_b0 " \
+      "(Non-finite GAN losses at step 4" in line, line
+  assert f"the latest checkpoint, {kept}, is the last one before it" in line
+  assert "optimization.g_learning_rate" in line
+  with pytest.raises(RuntimeError, match="unrelated"):  # not divergence
+    with train_lib.stop_on_divergence(config, str(tmp_path)):
+      raise RuntimeError("unrelated")
+
+
 @pytest.mark.xdist_group("gan_train_bad_input")
 def test_missing_inception_path_is_one_line(bad_input_outcomes):
   result = bad_input_outcomes["no_inception_path"]

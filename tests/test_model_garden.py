@@ -165,7 +165,7 @@ BAD_FLAGS = {
 
 
 @pytest.fixture(scope="module")
-def bad_input_outcomes(tmp_path_factory):
+def bad_input_outcomes(digits_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
   cases = {name: _train_cmd(str(root / name), overrides)[3:]
            for name, (overrides, _) in BAD_INPUT.items()}
@@ -174,7 +174,33 @@ def bad_input_outcomes(tmp_path_factory):
       (root / name).write_text("not a folder")
     cases[name] = _train_cmd(str(root / name), FAST)[3:] + extra
   cases["no_flags"] = []
+  cases["diverges"] = _train_cmd(
+      str(root / "diverges"), f"{FAST},{_data_override(digits_dir)},"
+      "trainer.train_steps=4,trainer.optimizer_config.warmup.linear."
+      "warmup_steps=0,trainer.optimizer_config.learning_rate.cosine."
+      "initial_learning_rate=1e8", mode="train")[3:]
   return root, entry_points.run("evonorm_vision.train", cases)
+
+
+@pytest.mark.xdist_group("vision_train_bad_input")
+def test_diverging_training_stops_in_one_line(bad_input_outcomes):
+  """A learning rate of 1e8: Model Garden's blow-up check stops the run;
+  the user reads which layer diverged, what was kept and what to try."""
+  root, outcomes = bad_input_outcomes
+  result = outcomes["diverges"]
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  (line,) = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert line.startswith("python -m evonorm_vision.train: error: training "
+                         "diverged with task.model.norm_activation.type="
+                         "evonorm_b0 ("), line
+  assert "Try a lower learning rate" in line
+  latest = tf.train.latest_checkpoint(str(root / "diverges"))
+  if latest:  # what a restart resumes from holds finite weights only
+    reader = tf.train.load_checkpoint(latest)
+    assert all(np.all(np.isfinite(reader.get_tensor(name)))
+               for name, _ in tf.train.list_variables(latest)
+               if "VARIABLE_VALUE" in name), latest
 
 
 @pytest.mark.xdist_group("vision_train_bad_input")

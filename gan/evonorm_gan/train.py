@@ -54,6 +54,14 @@ def load_config(experiment: str, config_files=(), params_override: str = ""):
   return config
 
 
+def stop_on_divergence(config, model_dir: str):
+  """:func:`cli.stop_on_divergence` for a GAN experiment."""
+  return cli.stop_on_divergence(
+      f"norm_activation.type={config.norm_activation.type}", model_dir,
+      "Try lower optimization.g_learning_rate and d_learning_rate, more "
+      "discriminator steps (optimization.d_steps), or another layer.")
+
+
 def make_strategy(config) -> tf.distribute.Strategy:
   return experiments.make_strategy(
       config.runtime, {"data.global_batch_size": config.data.global_batch_size})
@@ -120,7 +128,8 @@ def main(_):
     fp.write(json.dumps(config.as_dict(), indent=1))
   trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
   if "train" in f.mode:
-    logs = trainer.train(progress=f.progress)
+    with stop_on_divergence(config, f.model_dir):
+      logs = trainer.train(progress=f.progress)
     print("train:", json.dumps(logs))
   else:
     trainer.restore()

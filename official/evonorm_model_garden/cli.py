@@ -39,11 +39,51 @@ def user_errors(program: str | None = None):
     fail(str(error), program)
 
 
-def fail(message: str, program: str | None = None):
-  """Prints ``PROGRAM: error: MESSAGE`` as one line; exits with status 2."""
+def fail(message: str, program: str | None = None, status: int = 2):
+  """Prints ``PROGRAM: error: MESSAGE`` as one line; exits with ``status``
+  (2: bad input)."""
   name = program or _program_name()
   print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+# Model Garden's blow-up check (trainer.recovery_max_trials) ends training
+# with a RuntimeError saying one of these; the GAN trainer raises
+# FloatingPointError.
+_DIVERGED = ("The loss value is NaN", "which is larger than the bound")
+
+
+@contextlib.contextmanager
+def stop_on_divergence(setting: str, model_dir: str, advice: str):
+  """Turns a training run that diverged (a non-finite loss, or one above
+  Model Garden's ``trainer.loss_upper_bound``) into one line naming the
+  layer ``setting``, the checkpoint left as the latest (saved before the
+  loss went bad: training stops before it saves) and what to try; exit
+  status 1."""
+  try:
+    yield
+  except (FloatingPointError, RuntimeError) as error:
+    text = str(error)
+    if isinstance(error, RuntimeError) and not any(
+        d in text for d in _DIVERGED):
+      raise
+    if startup.verbose():
+      traceback.print_exc()
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    latest = tf.train.latest_checkpoint(model_dir)
+    kept = (f"the latest checkpoint, {latest}, is the last one before it "
+            "and a restart resumes from there" if latest else
+            "no checkpoint was written before it")
+    fail(f"training diverged with {setting} ({text.splitlines()[0]}); "
+         f"{kept}. {advice}", status=1)
+
+
+# What to try when a Model Garden training run diverges.
+MODEL_GARDEN_ADVICE = (
+    "Try a lower learning rate (trainer.optimizer_config.learning_rate), a "
+    "longer warm-up (trainer.optimizer_config.warmup), zero_init_residual="
+    "true on the backbone, or trainer.recovery_max_trials=3 to restart "
+    "from the last checkpoint automatically.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

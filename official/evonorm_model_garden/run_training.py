@@ -54,6 +54,15 @@ class _Progress:
       self.bar.set_postfix(self.postfix)
 
 
+def stop_on_divergence(params, model_dir: str):
+  """:func:`cli.stop_on_divergence` for a Model Garden experiment."""
+  norm = getattr(params.task.model, "norm_activation", None)
+  setting = (f"task.model.norm_activation.type={norm.type}"
+             if norm is not None else params.task.model.backbone.type)
+  return cli.stop_on_divergence(setting, model_dir,
+                                cli.MODEL_GARDEN_ADVICE)
+
+
 def train_and_evaluate(params, model_dir: str, desc: str = "training",
                        verbose: bool = False, strategy=None,
                        progress: bool = True) -> dict:
@@ -76,11 +85,12 @@ def train_and_evaluate(params, model_dir: str, desc: str = "training",
     progress = _Progress(trainer, params.trainer.train_steps, desc,
                          disable=not progress)
     try:
-      _, logs = train_lib.run_experiment(
-          distribution_strategy=strategy, task=task, mode="train_and_eval",
-          params=params, model_dir=model_dir, run_post_eval=True,
-          trainer=trainer, train_actions=[progress.train],
-          eval_actions=[progress.eval])
+      with stop_on_divergence(params, model_dir):
+        _, logs = train_lib.run_experiment(
+            distribution_strategy=strategy, task=task,
+            mode="train_and_eval", params=params, model_dir=model_dir,
+            run_post_eval=True, trainer=trainer,
+            train_actions=[progress.train], eval_actions=[progress.eval])
     finally:
       progress.bar.close()
   return logs

@@ -26,6 +26,7 @@ from official.modeling import performance
 
 from evonorm_model_garden import cli
 from evonorm_model_garden import experiments
+from evonorm_model_garden import run_training
 
 FLAGS = flags.FLAGS
 
@@ -47,9 +48,10 @@ def main(_):
                                                       FLAGS.model_dir)
   if "train" in FLAGS.mode:
     train_utils.serialize_config(params, FLAGS.model_dir)
-  train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode=FLAGS.mode,
-      params=params, model_dir=FLAGS.model_dir, trainer=trainer)
+  with run_training.stop_on_divergence(params, FLAGS.model_dir):
+    train_lib.run_experiment(
+        distribution_strategy=strategy, task=task, mode=FLAGS.mode,
+        params=params, model_dir=FLAGS.model_dir, trainer=trainer)
 
 
 def define_flags():
