@@ -64,6 +64,10 @@ _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed calls per round.",
                               lower_bound=1)
 _TFLITE = flags.DEFINE_bool("tflite", True, "Also time float32 TFLite at "
                             "batch 1 (XNNPack).")
+_OP_PROFILE = flags.DEFINE_bool(
+    "op_profile", False, "Also trace one SavedModel call per export at the "
+    "first --batch_sizes and print the time of each op type: where an "
+    "EvoNorm's serving time goes.")
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Keep the exports here "
                                 "(default: a temporary directory).")
 _JSON = flags.DEFINE_string("json_output", None, "Also write results here.")
@@ -151,6 +155,55 @@ def time_all(work_dir: str, names: list[str]) -> dict:
           for (name, setting), seconds in times.items()}
 
 
+def op_profile(work_dir: str, names: list[str]) -> dict:
+  """Runs in the fresh process: milliseconds per op type of one traced
+  ``serving_default`` call of each export (median of 3 traces), at the
+  first batch size: ``{name: {op type: ms}}``, costliest first."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  batch, size = int(_BATCHES.value[0]), _SIZE.value
+  images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
+                                             dtype=np.uint8)
+  profiles = {}
+  for name in tqdm(names, desc="op profile", file=sys.stderr):
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+      signature = tf.compat.v1.saved_model.loader.load(
+          session, ["serve"], os.path.join(work_dir, name)
+      ).signature_def["serving_default"]
+      (source,) = signature.inputs.values()
+      fetch = signature.outputs["logits"].name
+      session.run(fetch, {source.name: images})
+      traces = []
+      for _ in range(3):
+        metadata = tf.compat.v1.RunMetadata()
+        session.run(fetch, {source.name: images},
+                    options=tf.compat.v1.RunOptions(
+                        trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
+                    run_metadata=metadata)
+        per_op = collections.Counter()
+        for device in metadata.step_stats.dev_stats:
+          for node in device.node_stats:
+            label = node.timeline_label
+            op = (label.split(" = ", 1)[1].split("(", 1)[0]
+                  if " = " in label else node.node_name)
+            per_op[op] += node.all_end_rel_micros / 1e3
+        traces.append(per_op)
+    ops = set().union(*traces)
+    medians = {op: statistics.median(t[op] for t in traces) for op in ops}
+    profiles[name] = dict(sorted(medians.items(), key=lambda kv: -kv[1]))
+  return profiles
+
+
+def print_op_profile(profiles: dict, top: int = 8):
+  print(f"\nOp types by time in one traced SavedModel call (batch "
+        f"{_BATCHES.value[0]}; the sum of each op's time, in ms, so ops run "
+        "in parallel count in full):\n")
+  for name, ops in profiles.items():
+    print(f"* {name.replace('__', ' ')}: " + ", ".join(
+        f"{op} {ms:.1f}" for op, ms in list(ops.items())[:top]))
+
+
 def rows_from(times: dict) -> list[dict]:
   """Medians and ratios to the baseline on the same model and setting."""
   rows = []
@@ -175,9 +228,11 @@ def main(argv):
     raise app.UsageError(f"Unknown --models {unknown}; choose among "
                          f"{list(MODELS)}.")
   if _TIME_DIR.value:  # the fresh process
-    timing.write_json(_JSON.value, time_all(
-        _TIME_DIR.value, [_name(m, l) for m in _MODELS.value
-                          for l in _LAYERS.value]))
+    names = [_name(m, l) for m in _MODELS.value for l in _LAYERS.value]
+    results = {"times": time_all(_TIME_DIR.value, names)}
+    if _OP_PROFILE.value:
+      results["op_profile"] = op_profile(_TIME_DIR.value, names)
+    timing.write_json(_JSON.value, results)
     return
   if BASELINE not in _LAYERS.value:
     _LAYERS.value.insert(0, BASELINE)
@@ -188,11 +243,13 @@ def main(argv):
       f"--{f}={flags.FLAGS[f].serialize().split('=', 1)[1]}"
       for f in ("models", "layers", "batch_sizes", "image_size", "rounds",
                 "steps_per_round")] + [
-                    "--tflite" if _TFLITE.value else "--notflite"]
+                    "--tflite" if _TFLITE.value else "--notflite",
+                    "--op_profile" if _OP_PROFILE.value else "--noop_profile"]
   subprocess.run([sys.executable, os.path.abspath(__file__), *flags_out],
                  check=True)
   with open(times_file) as f:
-    rows = rows_from(json.load(f))
+    results = json.load(f)
+  rows = rows_from(results["times"])
   print(f"\nServing latency at {_SIZE.value}x{_SIZE.value}: SavedModels "
         "reloaded in a fresh process (serving_default, image_tensor), "
         f"{'and float32 TFLite (XNNPack), ' if _TFLITE.value else ''}"
@@ -207,7 +264,11 @@ def main(argv):
     print(f"| {r['model']} | {r['setting']} | {r['layer']} | "
           f"{r['median_ms']:.1f} | {r['spread_ms'][0]:.1f}-"
           f"{r['spread_ms'][1]:.1f} | {ratio} |")
-  timing.write_json(_JSON.value, dict(image_size=_SIZE.value, rows=rows))
+  if "op_profile" in results:
+    print_op_profile(results["op_profile"])
+  timing.write_json(_JSON.value, dict(image_size=_SIZE.value, rows=rows,
+                                      **{k: v for k, v in results.items()
+                                         if k != "times"}))
 
 
 if __name__ == "__main__":

@@ -211,8 +211,15 @@ def test_serving_latency(tmp_path):
   _run("serving_latency.py", "--models=mobilenet_v2", "--layers=evonorm_s0",
        "--image_size=32", "--batch_sizes=1,2", "--rounds=1",
        "--steps_per_round=1", f"--work_dir={tmp_path / 'exports'}",
-       f"--json_output={output}")
-  rows = json.loads(output.read_text())["rows"]
+       "--op_profile", f"--json_output={output}")
+  results = json.loads(output.read_text())
+  rows = results["rows"]
+  # Where the time goes: the EvoNorm-S0 export runs sigmoids, BN-ReLU's none.
+  profile = results["op_profile"]
+  assert set(profile) == {"mobilenet_v2__bn_relu", "mobilenet_v2__evonorm_s0"}
+  assert all(ms >= 0 for ops in profile.values() for ms in ops.values())
+  assert "Sigmoid" in profile["mobilenet_v2__evonorm_s0"]
+  assert "Sigmoid" not in profile["mobilenet_v2__bn_relu"]
   settings = ("batch 1", "batch 2", "tflite batch 1")
   assert sorted((r["setting"], r["layer"]) for r in rows) == sorted(
       (s, l) for s in settings for l in ("bn_relu", "evonorm_s0"))
