@@ -127,6 +127,19 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
   # The graph's batch aggregation keeps its moving variance; no BN's mean.
   assert any("/moving_node4_variance/" in n for n in variables), variables[:20]
   assert not any("moving_mean" in n for n in variables)
+  # Resumed with another layer: refused before any work, not a partial
+  # restore that trains on with the rest initialized.
+  other = subprocess.run(
+      _train_cmd(model_dir, f"{FAST},{EAGER},{_data_override(digits_dir)},"
+                 f"task.model.norm_activation.type=bn_relu,"
+                 f"trainer.train_steps={target + 2}", mode="train"),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert other.returncode == 2, other.stderr[-3000:]
+  assert re.search(r"python -m evonorm_vision.train: error: --model_dir=.* "
+                   r"does not fit the model of this config \(layer bn_relu\)"
+                   r": \d+ variable\(s\) differ, e\.g\. \w+/moving_mean is "
+                   r"not in the checkpoint", other.stderr), other.stderr[-3000:]
+  assert _latest_step(model_dir) == target
 
 
 def test_missing_searched_layers_file_is_a_clear_error(tmp_path):

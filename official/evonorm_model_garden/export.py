@@ -30,14 +30,15 @@ from tf_keras.src.saving.legacy.saved_model import utils as keras_saving
 # pylint: enable=g-direct-tensorflow-import
 
 
-def check_checkpoint(checkpoint_path: str, params=None) -> str:
+def check_checkpoint(checkpoint_path: str, params=None,
+                     flag: str | None = None) -> str:
   """Raises unless ``checkpoint_path`` is a readable checkpoint (a prefix, or
   a folder holding one) and, given the experiment's ``params``, holds the
   variables of the model they build: the same variables with the same
   shapes. Model Garden restores what matches and leaves the rest as
   initialized, which would export a model of random weights without a word.
   Returns the checkpoint prefix."""
-  flag = f"--checkpoint_path={checkpoint_path!r}"
+  flag = flag or f"--checkpoint_path={checkpoint_path!r}"
   prefix = checkpoint_path
   if tf.io.gfile.isdir(checkpoint_path):
     prefix = tf.train.latest_checkpoint(checkpoint_path)
@@ -72,6 +73,7 @@ def _check_fits(flag: str, prefix: str, params):
   differences, count = [], 0
   try:
     status = tf.train.Checkpoint(model=model).read(prefix)
+    status.expect_partial()  # the optimizer's values are not read here
     status.assert_existing_objects_matched()
   except AssertionError as error:  # model variables the checkpoint lacks
     text = str(error)

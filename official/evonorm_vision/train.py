@@ -19,6 +19,7 @@ task.validation_data.tfds_data_dir=gs://bucket/tfds
 """
 
 from absl import flags
+import tensorflow as tf
 from official.common import flags as tfm_flags
 from official.core import train_lib
 from official.core import train_utils
@@ -26,6 +27,7 @@ from official.modeling import performance
 
 from evonorm_model_garden import cli
 from evonorm_model_garden import experiments
+from evonorm_model_garden import export
 from evonorm_model_garden import run_training
 
 FLAGS = flags.FLAGS
@@ -36,6 +38,12 @@ def main(_):
     cli.check_output_dir("--model_dir", FLAGS.model_dir)
     params = experiments.parse(FLAGS)
     experiments.check_inputs(params, FLAGS.mode)
+    # Resuming or evaluating: the run's checkpoint must fit this config
+    # (Model Garden would restore what matches and go on silently).
+    if tf.io.gfile.isdir(FLAGS.model_dir) and tf.train.latest_checkpoint(
+        FLAGS.model_dir):
+      export.check_checkpoint(FLAGS.model_dir, params,
+                              flag=f"--model_dir={FLAGS.model_dir!r}")
     strategy = experiments.make_strategy(params.runtime,
                                          experiments.task_batches(params))
     if params.runtime.mixed_precision_dtype:
