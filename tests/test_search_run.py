@@ -138,7 +138,7 @@ def test_bad_flags_and_output_dir_misuse_are_clear_errors(tmp_path):
                           "--criterion=average"],
                          "these flags differ from it: --criterion"),
       "a_file": ([f"--output_dir={file_path}"],
-                 "is a file, not a directory"),
+                 "is a file: pass a directory"),
   }
   outcomes = entry_points.run("evonorm_layers.search.__main__", {
       name: flags for name, (flags, _) in cases.items()})
