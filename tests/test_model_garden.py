@@ -187,12 +187,36 @@ def bad_input_outcomes(digits_dir, tmp_path_factory):
       (root / name).write_text("not a folder")
     cases[name] = _train_cmd(str(root / name), FAST)[3:] + extra
   cases["no_flags"] = []
+  # Data that is not what the config says (checked on the first records).
+  (root / "notes.tfrecord").write_text("not records")
+  data = f"{FAST},{_data_override(digits_dir)}"
+  cases["labels_outside_classes"] = _train_cmd(
+      str(root / "labels"), f"{data},task.model.num_classes=5")[3:]
+  cases["not_tfrecords"] = _train_cmd(
+      str(root / "not_tfrecords"),
+      f"{data},task.train_data.input_path={root / 'notes.tfrecord'}")[3:]
   cases["diverges"] = _train_cmd(
       str(root / "diverges"), f"{FAST},{_data_override(digits_dir)},"
       "trainer.train_steps=4,trainer.optimizer_config.warmup.linear."
       "warmup_steps=0,trainer.optimizer_config.learning_rate.cosine."
       "initial_learning_rate=1e8", mode="train")[3:]
   return root, entry_points.run("evonorm_vision.train", cases)
+
+
+@pytest.mark.xdist_group("vision_train_bad_input")
+@pytest.mark.parametrize("case, pattern", [
+    ("labels_outside_classes",
+     r"task.train_data.input_path: .*train-00000-of-00001.tfrecord, record "
+     r"\d+, has label \[\d\] outside \[0, 5\) \(task.model.num_classes=5\)"),
+    ("not_tfrecords", r"notes.tfrecord is not a TFRecord file of examples"),
+])
+def test_bad_data_is_one_line_before_training(bad_input_outcomes, case,
+                                              pattern):
+  _, outcomes = bad_input_outcomes
+  result = outcomes[case]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.count("\n") == 1, result.stderr[-3000:]
+  assert re.search(pattern, result.stderr), result.stderr
 
 
 @pytest.mark.xdist_group("vision_train_bad_input")

@@ -53,14 +53,63 @@ def check_data_available(data_config, split: str):
           f"task.{split}.input_path=DIR/{'train' if 'train' in split else 'validation'}-*.tfrecord.")
 
 
+# Records read from the first file to check what it holds (the whole data
+# set is read only by training).
+SAMPLED_RECORDS = 64
+
+
+def check_records(task_config, data_config, split: str):
+  """Raises, naming the file and record, unless the first records of the
+  first TFRecord file are Model Garden classification examples: an encoded
+  image under ``image_field_key`` and an integer label under
+  ``label_field_key`` in ``[0, num_classes)``."""
+  if data_config.tfds_name or data_config.file_type != "tfrecord":
+    return
+  patterns = data_config.input_path
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  path = sorted(tf.io.gfile.glob(patterns[0]))[0]
+  classes = task_config.model.num_classes
+  image_key = data_config.image_field_key
+  label_key = data_config.label_field_key
+  where = f"task.{split}.input_path: {path}"
+  try:
+    records = list(tf.data.TFRecordDataset(path).take(SAMPLED_RECORDS))
+  except tf.errors.OpError:
+    records = None
+  if not records:
+    raise ValueError(f"{where} is not a TFRecord file of examples (no "
+                     "record can be read from it).")
+  for index, record in enumerate(records):
+    try:
+      features = tf.train.Example.FromString(record.numpy()).features.feature
+    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+      features = None
+    if features is None or image_key not in features or (
+        label_key not in features):
+      raise ValueError(
+          f"{where}, record {index}, is not a Model Garden classification "
+          f"example (a tf.train.Example with {image_key!r} and {label_key!r})"
+          "; write TFRecords with official/vision/data tools, or set "
+          f"task.{split}.image_field_key / label_field_key.")
+    labels = list(features[label_key].int64_list.value)
+    if data_config.is_multilabel:
+      continue
+    if len(labels) != 1 or not 0 <= labels[0] < classes:
+      raise ValueError(
+          f"{where}, record {index}, has label {labels} outside [0, "
+          f"{classes}) (task.model.num_classes={classes}): set "
+          "task.model.num_classes to the number of classes of the data, or "
+          "fix its labels.")
+
+
 @task_factory.register_task_cls(exp_cfg.ImageClassificationTask)
 class ImageClassificationTask(mg_task.ImageClassificationTask):
   """Model Garden's classification task; fails early on bad input config."""
 
   @staticmethod
   def check_data(task_config, data_config, split: str):
-    del task_config
     check_data_available(data_config, split)
+    check_records(task_config, data_config, split)
 
   def build_inputs(self, params, input_context=None):
     split = "train_data" if params.is_training else "validation_data"
