@@ -20,18 +20,12 @@ of the pipeline, not a COCO result: the data are toy shapes and the training is 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import numpy as np
 
 from evonorm_detection import predictions
 from evonorm_detection import quickstart_lib
 from evonorm_model_garden import cli
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _LAYERS = flags.DEFINE_list("layers", ["evonorm_b0"], "Registered layers, "
                             "each trained in turn at every norm site.")

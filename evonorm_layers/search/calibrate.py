@@ -22,16 +22,14 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from evonorm_model_garden import cli  # noqa: E402
-from evonorm_layers.search import proxy_flags  # noqa: E402
-from evonorm_layers.search.graph import graph  # noqa: E402
-from evonorm_layers.search.known_layers import B0_VARIANTS  # noqa: E402
-from evonorm_layers.search.known_layers import KNOWN_GRAPHS  # noqa: E402
-from evonorm_layers.search.report import rejection_text  # noqa: E402
+from evonorm_model_garden import cli
+from evonorm_layers.search import proxy_flags
+from evonorm_layers.search.graph import graph
+from evonorm_layers.search.known_layers import B0_VARIANTS
+from evonorm_layers.search.known_layers import KNOWN_GRAPHS
+from evonorm_layers.search.report import rejection_text
 
 GOOD = ("bn_relu", "bn_silu", "gn_relu", "evonorm_b0", "evonorm_b1",
         "evonorm_b2", "evonorm_s0", "evonorm_s1", "evonorm_s2")

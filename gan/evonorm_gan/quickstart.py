@@ -23,9 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -38,7 +35,6 @@ from evonorm_gan import export
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
 from evonorm_model_garden import cli
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENT = "evonorm_biggan_deep_mnist32"
 COMPARED = ("bn_relu", "evonorm_b0", "evonorm_s0")

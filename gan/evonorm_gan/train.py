@@ -23,9 +23,6 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -39,7 +36,6 @@ from evonorm_gan import models
 from evonorm_gan import trainer as trainer_lib
 from evonorm_model_garden import cli
 from evonorm_model_garden import experiments
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 MODES = ("train", "eval", "train_and_eval")
 EXPERIMENT_PREFIX = "evonorm_biggan"

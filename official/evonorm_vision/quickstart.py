@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -39,7 +36,6 @@ from evonorm_model_garden import export
 from evonorm_model_garden import run_training
 from evonorm_vision.configs import image_classification as exp_configs
 from evonorm_vision.data import offline as offline_data
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENT = "evonorm_resnet_mnist5k"
 DATASET = "mnist5k"
