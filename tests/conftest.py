@@ -32,7 +32,27 @@ def _own_collective_keys():
   yield
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
   """Heavy tests first: started last, one of them would keep a worker busy
-  while the other has nothing left to run."""
+  while the other has nothing left to run. Under ``--dist=loadgroup``, the
+  ``xdist_group`` tests get their group in their node id, which is what
+  xdist's scheduler groups by."""
   items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+  if config.getvalue("loadgroup"):  # set in xdist's workers
+    for item in items:
+      _add_group_to_node_id(item)
+
+
+def _add_group_to_node_id(item):
+  """``nodeid@group``, as xdist 3.8 means to write it: it assigns
+  ``item._nodeid``, which pytest 9 no longer reads (the id lives in
+  ``item._id``), so without this every grouped test was scheduled alone
+  and a shared fixture was built on both workers."""
+  groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name",
+                                                             "default"))
+                   for m in item.iter_markers("xdist_group")})
+  nodeid = item.nodeid
+  if not groups or nodeid.rfind("@") > nodeid.rfind("]"):
+    return  # no group, or xdist's own suffix took effect
+  from _pytest.nodeid import NodeId  # pylint: disable=g-import-not-at-top
+  item._id = NodeId.parse(f"{nodeid}@{'_'.join(groups)}")  # pylint: disable=protected-access
