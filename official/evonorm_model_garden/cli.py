@@ -121,7 +121,8 @@ def check_output_dir(flag: str, path: str | None):
 
 def check_output_file(flag: str, path: str | None):
   """Raises unless ``path`` (given as ``flag``) can be written as a file:
-  not a directory; its folder is created if missing."""
+  not a directory, nor under a file (a missing folder is the writer's to
+  create)."""
   if not path:
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -152,8 +152,8 @@ TFLITE_QUANTIZATIONS = ("none", "dynamic_range", "int8")
 def check_tflite_request(input_type: str, tflite_path: str | None,
                          quantize: str, representative_data: str | None):
   """Raises, before any work, unless the TFLite conversion asked for can
-  be done: an ``image_tensor`` input, a file path (not a folder),
-  representative images exactly when quantizing to int8."""
+  be done: an ``image_tensor`` input, representative images exactly when
+  quantizing to int8 (the path itself: ``cli.check_output_file``)."""
   if not tflite_path:
     if quantize != "none" or representative_data:
       raise ValueError("--tflite_quantize and --representative_data apply "
@@ -163,9 +163,6 @@ def check_tflite_request(input_type: str, tflite_path: str | None,
     raise ValueError(f"--tflite needs --input_type=image_tensor (got "
                      f"{input_type!r}): TFLite has no image decoding or "
                      "tf.Example parsing ops.")
-  if tf.io.gfile.isdir(tflite_path):
-    raise IsADirectoryError(f"--tflite={tflite_path!r} is a directory: "
-                            "name the .tflite file to write.")
   if (quantize == "int8") != bool(representative_data):
     raise ValueError(
         "--tflite_quantize=int8 calibrates its activations on "
