@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
   ``xdist_group`` tests get their group in their node id, which is what
   xdist's scheduler groups by."""
   items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
-  if config.getvalue("loadgroup"):  # set in xdist's workers
+  if getattr(config.option, "loadgroup", False):  # set in xdist's workers
     for item in items:
       _add_group_to_node_id(item)
 

@@ -70,27 +70,23 @@ def _check_fits(flag: str, prefix: str, params):
   its layers (Model Garden's checkpoints also hold the optimizer's, which
   do not count)."""
   model = task_factory.get_task(params.task).build_model()
-  differences, count = [], 0
   try:
     status = tf.train.Checkpoint(model=model).read(prefix)
-    status.expect_partial()  # the optimizer's values are not read here
-    status.assert_existing_objects_matched()
-  except AssertionError as error:  # model variables the checkpoint lacks
-    text = str(error)
-    differences = [f"{name} is not in the checkpoint" for name in
-                   re.findall(r"<tf\.Variable '([^':]+)", text)]
-    found = re.search(r"Found (\d+) Python objects", text)
-    count = int(found.group(1)) if found else len(differences)
-    differences = differences or [text.split("\n")[0][:300]]
   except (ValueError, tf.errors.InvalidArgumentError) as error:  # shapes
-    differences, count = [str(error).split("\n")[0][:300]], 1
+    differences = [str(error).split("\n")[0][:300]]
   else:
-    # Variables of the model's layers that the model does not have (a
-    # layer's moving variance restored into a layer without one). Internal
-    # API: TensorFlow's restore status has no public list of them.
+    status.expect_partial()  # the optimizer's values are not read here
+    # Internal API: TensorFlow's restore status has no public list of the
+    # objects it matched (its assertion names an arbitrary few).
     restore = status._checkpoint  # pylint: disable=protected-access
+    matched = {id(obj) for obj in restore.object_by_proto_id.values()}
+    differences = [f"{v.name.split(':')[0]} is not in the checkpoint"
+                   for v in model.variables if id(v) not in matched]
+    # Else, variables of the model's layers that the model does not have
+    # (a layer's moving variance restored into a layer without one).
     nodes = restore.object_graph_proto.nodes
-    for node_id, obj in restore.object_by_proto_id.items():
+    for node_id, obj in ([] if differences else
+                         restore.object_by_proto_id.items()):
       # The root's children are the step and save counter; a layer not
       # built yet (Mask R-CNN's heads) restores its variables when it
       # creates them, at its first call.
@@ -102,13 +98,13 @@ def _check_fits(flag: str, prefix: str, params):
           owner = getattr(obj, "name", type(obj).__name__)
           differences.append(f"{owner}/{child.local_name} is only in the "
                              "checkpoint")
-    count = len(differences)
   if differences:
+    differences.sort()
     norm = getattr(params.task.model, "norm_activation", None)
     setting = f" (layer {norm.type})" if norm is not None else ""
     raise ValueError(
         f"{flag} does not fit the model of this config{setting}: "
-        f"{count} variable(s) differ, e.g. "
+        f"{len(differences)} variable(s) differ, e.g. "
         f"{'; '.join(differences[:3])}. Pass the experiment and "
         "--params_override the checkpoint was trained with (its model_dir "
         "holds them in params.yaml).")
