@@ -19,7 +19,7 @@ from evonorm_detection import heads
 from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
 from evonorm_detection.data import shapes
 from evonorm_model_garden import experiments
-from evonorm_model_garden import export
+from evonorm_model_garden import checkpoints
 from tests import entry_points
 from tests import layer_helpers
 from tests.overrides import EAGER
@@ -249,13 +249,13 @@ def test_entry_point_trains_and_evaluates(shapes_dir, tmp_path):
   # Its checkpoint fits the model it was trained as (the heads, built at
   # their first call, included), and not one with another layer.
   params = experiments.load_params(QUICKSTART, (), FAST)
-  export.check_checkpoint(model_dir, params)
+  checkpoints.check_checkpoint(model_dir, params)
   other = experiments.load_params(
       QUICKSTART, (), f"{FAST},task.model.norm_activation.type=evonorm_s0")
   with pytest.raises(ValueError, match=r"does not fit the model of this "
                      r"config \(layer evonorm_s0\): \d+ variable\(s\) differ, "
                      r"e\.g\. .*moving_variance is only in the checkpoint"):
-    export.check_checkpoint(model_dir, other)
+    checkpoints.check_checkpoint(model_dir, other)
 
 
 BAD_INPUT = {

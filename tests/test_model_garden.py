@@ -24,6 +24,7 @@ from official.vision.serving import image_classification as image_classification
 
 import evonorm_layers
 from evonorm_layers.search import KNOWN_GRAPHS
+from evonorm_model_garden import checkpoints
 from evonorm_model_garden import experiments
 from evonorm_model_garden import export
 from evonorm_vision.data import offline as offline_data
@@ -144,6 +145,46 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
   assert _latest_step(model_dir) == target
 
 
+def test_init_checkpoint_must_fit_the_parts_it_initializes(trained_model_dir,
+                                                          tmp_path):
+  """task.init_checkpoint trained with EvoNorm-B0, given to an S0 model: one
+  error before training, not Model Garden's bare AssertionError inside the
+  trainer. A run resuming its own checkpoint does not read it."""
+  model_dir, _ = trained_model_dir
+
+  def params(overrides=""):
+    return experiments.load_params(
+        "evonorm_resnet_digits", (),
+        f"{FAST},task.init_checkpoint={model_dir}{overrides}")
+
+  s0 = params(",task.model.norm_activation.type=evonorm_s0")
+  for modules in ("all", "backbone"):
+    s0.task.init_checkpoint_modules = modules
+    with pytest.raises(ValueError, match=(
+        rf"task.init_checkpoint='{model_dir}' does not fit the model of this "
+        r"config \(layer evonorm_s0\): \d+ variable\(s\) differ, e\.g\. "
+        r"\w+/moving_variance is only in the checkpoint.*restore fewer "
+        r"parts \(task.init_checkpoint_modules=backbone\)")):
+      checkpoints.check_start(s0, str(tmp_path / "new"), "train")
+  s0.task.init_checkpoint_modules = "decoder"
+  with pytest.raises(ValueError, match=r"init_checkpoint_modules='decoder' "
+                     r"names no part of this model"):
+    checkpoints.check_start(s0, str(tmp_path / "new"), "train")
+  checkpoints.check_start(s0, str(tmp_path / "new"), "eval")  # not read
+  same = params()
+  for modules in ("all", "backbone"):
+    same.task.init_checkpoint_modules = modules
+    checkpoints.check_start(same, str(tmp_path / "new"), "train")
+  missing = params()
+  missing.task.init_checkpoint = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match=r"task.init_checkpoint=.*nope' "
+                     "does not exist"):
+    checkpoints.check_start(missing, str(tmp_path / "new"), "train")
+  # Resuming: the run's own checkpoint is checked, task.init_checkpoint not.
+  with pytest.raises(ValueError, match=r"--model_dir=.* does not fit"):
+    checkpoints.check_start(s0, model_dir, "train")
+
+
 def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"--searched_layers=.*nope.json"
                      r"' does not exist.*best_layers.json"):
@@ -202,6 +243,17 @@ def bad_input_outcomes(digits_dir, tmp_path_factory):
       "trainer.train_steps=4,trainer.optimizer_config.warmup.linear."
       "warmup_steps=0,trainer.optimizer_config.learning_rate.cosine."
       "initial_learning_rate=1e8", mode="train")[3:]
+  # Fine for 4 steps, then a learning rate of 1e8 (from the 5th update:
+  # the schedule counts updates from 0), with Model Garden's recovery
+  # allowed twice.
+  cases["recovers"] = _train_cmd(
+      str(root / "recovers"), f"{FAST},{_data_override(digits_dir)},"
+      "trainer.train_steps=8,trainer.recovery_max_trials=2,"
+      "trainer.optimizer_config.warmup.linear.warmup_steps=0,"
+      "trainer.optimizer_config.learning_rate.type=stepwise,"
+      "trainer.optimizer_config.learning_rate.stepwise.boundaries=[3],"
+      "trainer.optimizer_config.learning_rate.stepwise.values=[0.01,1e8]",
+      mode="train")[3:]
   return root, entry_points.run("evonorm_vision.train", cases)
 
 
@@ -234,12 +286,37 @@ def test_diverging_training_stops_in_one_line(bad_input_outcomes):
                          "diverged with task.model.norm_activation.type="
                          "evonorm_b0 ("), line
   assert "Try a lower learning rate" in line
+  assert line.endswith("or trainer.recovery_max_trials=3 to restart from the "
+                       "last checkpoint automatically."), line
   latest = tf.train.latest_checkpoint(str(root / "diverges"))
   if latest:  # what a restart resumes from holds finite weights only
     reader = tf.train.load_checkpoint(latest)
     assert all(np.all(np.isfinite(reader.get_tensor(name)))
                for name, _ in tf.train.list_variables(latest)
                if "VARIABLE_VALUE" in name), latest
+
+
+@pytest.mark.xdist_group("vision_train_bad_input")
+def test_recovery_restarts_from_the_last_checkpoint_and_says_so(
+    bad_input_outcomes):
+  """trainer.recovery_max_trials=2: each blow-up after step 4 restarts from
+  ckpt-4, on the terminal; the third stops the run in one line."""
+  root, outcomes = bad_input_outcomes
+  result = outcomes["recovers"]
+  assert result.returncode == 1, result.stderr[-3000:]
+  restarts = re.findall(r"step 6: training loss \S+; Model Garden's recovery "
+                        r"restarts from (\S+) \(trial (\d) of 2\)",
+                        result.stderr)
+  checkpoint = str(root / "recovers" / "ckpt-4")
+  assert restarts == [(checkpoint, "1"), (checkpoint, "2")], (
+      result.stderr[-3000:])
+  (line,) = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert re.search(r"error: training diverged with task.model."
+                   r"norm_activation.type=evonorm_b0 \(The loss value is "
+                   r".* 3 times\.\); the latest checkpoint, .*ckpt-4, is "
+                   r"the last one before it.* zero_init_residual=true on the "
+                   r"backbone\.$", line), line
+  assert tf.train.latest_checkpoint(str(root / "recovers")) == checkpoint
 
 
 @pytest.mark.xdist_group("vision_train_bad_input")

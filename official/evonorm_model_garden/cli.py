@@ -81,9 +81,12 @@ def stop_on_divergence(setting: str, model_dir: str, advice: str):
 # What to try when a Model Garden training run diverges.
 MODEL_GARDEN_ADVICE = (
     "Try a lower learning rate (trainer.optimizer_config.learning_rate), a "
-    "longer warm-up (trainer.optimizer_config.warmup), zero_init_residual="
-    "true on the backbone, or trainer.recovery_max_trials=3 to restart "
-    "from the last checkpoint automatically.")
+    "longer warm-up (trainer.optimizer_config.warmup) or zero_init_residual="
+    "true on the backbone")
+# ... and when Model Garden's recovery is off.
+MODEL_GARDEN_RECOVERY_ADVICE = (
+    ", or trainer.recovery_max_trials=3 to restart from the last checkpoint "
+    "automatically")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Iterator
 
 import numpy as np
@@ -28,86 +27,6 @@ from official.vision.serving import export_saved_model_lib
 # pylint: disable=g-direct-tensorflow-import
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saving
 # pylint: enable=g-direct-tensorflow-import
-
-
-def check_checkpoint(checkpoint_path: str, params=None,
-                     flag: str | None = None) -> str:
-  """Raises unless ``checkpoint_path`` is a readable checkpoint (a prefix, or
-  a folder holding one) and, given the experiment's ``params``, holds the
-  variables of the model they build: the same variables with the same
-  shapes. Model Garden restores what matches and leaves the rest as
-  initialized, which would export a model of random weights without a word.
-  Returns the checkpoint prefix."""
-  flag = flag or f"--checkpoint_path={checkpoint_path!r}"
-  prefix = checkpoint_path
-  if tf.io.gfile.isdir(checkpoint_path):
-    prefix = tf.train.latest_checkpoint(checkpoint_path)
-    if prefix is None:
-      raise FileNotFoundError(f"{flag} is a folder without a checkpoint: "
-                              "pass the training run's --model_dir or a "
-                              "checkpoint prefix (ckpt-N).")
-  elif not (tf.io.gfile.exists(checkpoint_path) or
-            tf.io.gfile.exists(checkpoint_path + ".index")):
-    raise FileNotFoundError(
-        f"{flag} does not exist: pass a checkpoint file prefix or the "
-        "training run's --model_dir.")
-  try:
-    tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError) as error:
-    raise ValueError(f"{flag} is not a readable TensorFlow checkpoint "
-                     f"({error.__class__.__name__}: "
-                     f"{str(error).splitlines()[0][:120]}): pass the prefix "
-                     "of a checkpoint (ckpt-N, without .index) or the "
-                     "training run's --model_dir.") from None
-  if params is not None:
-    _check_fits(flag, prefix, params)
-  return prefix
-
-
-def _check_fits(flag: str, prefix: str, params):
-  """Raises, naming the first differences, unless the checkpoint restores
-  every variable of the model of ``params`` and holds no other variable of
-  its layers (Model Garden's checkpoints also hold the optimizer's, which
-  do not count)."""
-  model = task_factory.get_task(params.task).build_model()
-  try:
-    status = tf.train.Checkpoint(model=model).read(prefix)
-  except (ValueError, tf.errors.InvalidArgumentError) as error:  # shapes
-    differences = [str(error).split("\n")[0][:300]]
-  else:
-    status.expect_partial()  # the optimizer's values are not read here
-    # Internal API: TensorFlow's restore status has no public list of the
-    # objects it matched (its assertion names an arbitrary few).
-    restore = status._checkpoint  # pylint: disable=protected-access
-    matched = {id(obj) for obj in restore.object_by_proto_id.values()}
-    differences = [f"{v.name.split(':')[0]} is not in the checkpoint"
-                   for v in model.variables if id(v) not in matched]
-    # Else, variables of the model's layers that the model does not have
-    # (a layer's moving variance restored into a layer without one).
-    nodes = restore.object_graph_proto.nodes
-    for node_id, obj in ([] if differences else
-                         restore.object_by_proto_id.items()):
-      # The root's children are the step and save counter; a layer not
-      # built yet (Mask R-CNN's heads) restores its variables when it
-      # creates them, at its first call.
-      if node_id == 0 or getattr(obj, "built", True) is False:
-        continue
-      for child in nodes[node_id].children:
-        if (child.node_id not in restore.object_by_proto_id and
-            nodes[child.node_id].attributes):
-          owner = getattr(obj, "name", type(obj).__name__)
-          differences.append(f"{owner}/{child.local_name} is only in the "
-                             "checkpoint")
-  if differences:
-    differences.sort()
-    norm = getattr(params.task.model, "norm_activation", None)
-    setting = f" (layer {norm.type})" if norm is not None else ""
-    raise ValueError(
-        f"{flag} does not fit the model of this config{setting}: "
-        f"{len(differences)} variable(s) differ, e.g. "
-        f"{'; '.join(differences[:3])}. Pass the experiment and "
-        "--params_override the checkpoint was trained with (its model_dir "
-        "holds them in params.yaml).")
 
 
 def signatures_only():

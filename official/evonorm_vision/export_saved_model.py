@@ -16,6 +16,7 @@ files).
 
 from absl import flags
 
+from evonorm_model_garden import checkpoints
 from evonorm_model_garden import cli
 from evonorm_model_garden import experiments
 from evonorm_model_garden import export
@@ -57,7 +58,7 @@ def main(_):
     cli.check_output_dir("--export_dir", f.export_dir)
     cli.check_output_file("--tflite", f.tflite)
     params = experiments.parse(f)
-    export.check_checkpoint(f.checkpoint_path, params)
+    checkpoints.check_checkpoint(f.checkpoint_path, params)
     export.check_tflite_request(f.input_type, f.tflite, f.tflite_quantize,
                                 f.representative_data)
   export_dir = export.export(params, f.checkpoint_path, f.export_dir,

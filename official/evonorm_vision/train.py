@@ -19,15 +19,14 @@ task.validation_data.tfds_data_dir=gs://bucket/tfds
 """
 
 from absl import flags
-import tensorflow as tf
 from official.common import flags as tfm_flags
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 
+from evonorm_model_garden import checkpoints
 from evonorm_model_garden import cli
 from evonorm_model_garden import experiments
-from evonorm_model_garden import export
 from evonorm_model_garden import run_training
 
 FLAGS = flags.FLAGS
@@ -38,12 +37,7 @@ def main(_):
     cli.check_output_dir("--model_dir", FLAGS.model_dir)
     params = experiments.parse(FLAGS)
     experiments.check_inputs(params, FLAGS.mode)
-    # Resuming or evaluating: the run's checkpoint must fit this config
-    # (Model Garden would restore what matches and go on silently).
-    if tf.io.gfile.isdir(FLAGS.model_dir) and tf.train.latest_checkpoint(
-        FLAGS.model_dir):
-      export.check_checkpoint(FLAGS.model_dir, params,
-                              flag=f"--model_dir={FLAGS.model_dir!r}")
+    checkpoints.check_start(params, FLAGS.model_dir, FLAGS.mode)
     strategy = experiments.make_strategy(params.runtime,
                                          experiments.task_batches(params))
     if params.runtime.mixed_precision_dtype:
@@ -59,7 +53,9 @@ def main(_):
   with run_training.stop_on_divergence(params, FLAGS.model_dir):
     train_lib.run_experiment(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode,
-        params=params, model_dir=FLAGS.model_dir, trainer=trainer)
+        params=params, model_dir=FLAGS.model_dir, trainer=trainer,
+        train_actions=run_training.train_actions(params, trainer,
+                                                 FLAGS.model_dir))
 
 
 def define_flags():
