@@ -338,6 +338,17 @@ def test_entry_point_trains_resumes_and_evaluates(tmp_path):
       config, distribute_utils.get_distribution_strategy("one_device"),
       model_dir).train(progress=False)
   assert tf.train.latest_checkpoint(model_dir).endswith("-2")
+  # Resumed with another layer: refused before any work, not restored in
+  # part (what the entry point and the quickstart call first).
+  other = train_lib.load_config(MNIST32, (),
+                                f"{TINY},norm_activation.type=evonorm_s0")
+  with pytest.raises(ValueError, match=(
+      r"--model_dir='.*' does not fit the model of this config "
+      r"\(norm_activation.type=evonorm_s0\): \d+ variable\(s\) differ, "
+      r"e\.g\. \S+/moving_variance is only in the checkpoint")):
+    trainer_lib.GANTrainer(
+        other, distribute_utils.get_distribution_strategy("one_device"),
+        model_dir).check_checkpoint()
   # Started again with more steps, it resumes: 2 -> 4.
   second = _gan_train(model_dir, f"{TINY},trainer.train_steps=4,"
                       f"evaluation.inception_path={classifier}",

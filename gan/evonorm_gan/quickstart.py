@@ -83,6 +83,8 @@ def run(layers, workdir: str, steps: int | None, params_override: str = "",
     model_dir = os.path.join(workdir, layer)
     strategy = distribute_utils.get_distribution_strategy("one_device")
     trainer = trainer_lib.GANTrainer(config, strategy, model_dir)
+    with cli.user_errors():  # a --workdir of an earlier, other run
+      trainer.check_checkpoint()
     with _quiet(), train_lib.stop_on_divergence(config, model_dir):
       trainer.train(progress=progress)
     ev = config.evaluation

@@ -119,10 +119,11 @@ def main(_):
       performance.set_mixed_precision_policy(
           config.runtime.mixed_precision_dtype)
     strategy = make_strategy(config)
+    trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
+    trainer.check_checkpoint()  # resuming or evaluating: before params.yaml
   tf.io.gfile.makedirs(f.model_dir)
   with tf.io.gfile.GFile(os.path.join(f.model_dir, "params.yaml"), "w") as fp:
     fp.write(json.dumps(config.as_dict(), indent=1))
-  trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
   if "train" in f.mode:
     with stop_on_divergence(config, f.model_dir):
       logs = trainer.train(progress=f.progress)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from evonorm_gan import data as data_lib
 from evonorm_gan import evaluation
 from evonorm_gan import models
+from evonorm_model_garden import checkpoints
 from evonorm_model_garden import norm_activation as norm_lib
 
 
@@ -87,6 +88,18 @@ class GANTrainer:
     self.replicas = strategy.num_replicas_in_sync
     self.global_batch = config.data.global_batch_size
     self._loop = None
+
+  def check_checkpoint(self):
+    """Raises unless the latest checkpoint in ``model_dir`` (if any) fits
+    these networks: one of another layer or width would restore in part and
+    train on from random weights for the rest."""
+    latest = self.manager.latest_checkpoint
+    if latest:
+      checkpoints.check_fits(
+          {"generator": self.generator, "ema_generator": self.ema_generator,
+           "discriminator": self.discriminator}, latest,
+          f"--model_dir={self.model_dir!r}",
+          f"norm_activation.type={self.config.norm_activation.type}")
 
   def restore(self) -> int:
     """Restores the latest checkpoint (or copies G into the EMA G)."""

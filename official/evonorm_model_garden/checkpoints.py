@@ -91,46 +91,62 @@ def _parts(model, modules) -> dict:
 
 
 def _check_fits(flag: str, prefix: str, params, modules, advice: str):
-  """Raises, naming the first differences, unless the checkpoint restores
-  every variable of the model's ``modules`` and holds no other variable of
-  their layers (Model Garden's checkpoints also hold the optimizer's, which
-  do not count)."""
+  """Raises unless the checkpoint fits the ``modules`` of the model that
+  ``params`` build."""
   model = task_factory.get_task(params.task).build_model()
-  parts = _parts(model, modules)
-  try:
-    status = tf.train.Checkpoint(**parts).read(prefix)
-  except (ValueError, tf.errors.InvalidArgumentError) as error:  # shapes
-    differences = [str(error).split("\n")[0][:300]]
-  else:
-    status.expect_partial()  # the optimizer's values are not read here
-    # Internal API: TensorFlow's restore status has no public list of the
-    # objects it matched (its assertion names an arbitrary few).
-    restore = status._checkpoint  # pylint: disable=protected-access
-    matched = {id(obj) for obj in restore.object_by_proto_id.values()}
-    differences = [f"{v.name.split(':')[0]} is not in the checkpoint"
-                   for part in parts.values() for v in part.variables
-                   if id(v) not in matched]
-    # Else, variables of the model's layers that the model does not have
-    # (a layer's moving variance restored into a layer without one).
-    nodes = restore.object_graph_proto.nodes
-    for node_id, obj in ([] if differences else
-                         restore.object_by_proto_id.items()):
-      # The root's children are the step and save counter; a layer not
-      # built yet (Mask R-CNN's heads) restores its variables when it
-      # creates them, at its first call.
-      if node_id == 0 or getattr(obj, "built", True) is False:
-        continue
-      for child in nodes[node_id].children:
-        if (child.node_id not in restore.object_by_proto_id and
-            nodes[child.node_id].attributes):
-          owner = getattr(obj, "name", type(obj).__name__)
-          differences.append(f"{owner}/{child.local_name} is only in the "
-                             "checkpoint")
+  norm = getattr(params.task.model, "norm_activation", None)
+  check_fits(_parts(model, modules), prefix, flag,
+             f"layer {norm.type}" if norm is not None else None, advice)
+
+
+def check_fits(parts: dict, prefix: str, flag: str, setting: str | None,
+               advice: str = _RUN_ADVICE):
+  """Raises a ValueError naming the first differences (and ``setting``, the
+  layer the model was built with) unless the checkpoint ``prefix`` restores
+  every variable of ``parts`` (its top-level names -> objects, as in
+  ``tf.train.Checkpoint(**parts)``) and holds no other variable of their
+  layers. Other top-level objects of the checkpoint (optimizers, steps) do
+  not count."""
+  differences = mismatches(parts, prefix)
   if differences:
-    differences.sort()
-    norm = getattr(params.task.model, "norm_activation", None)
-    setting = f" (layer {norm.type})" if norm is not None else ""
+    setting = f" ({setting})" if setting else ""
     raise ValueError(
         f"{flag} does not fit the model of this config{setting}: "
         f"{len(differences)} variable(s) differ, e.g. "
         f"{'; '.join(differences[:3])}. {advice}")
+
+
+def mismatches(parts: dict, prefix: str) -> list[str]:
+  """What differs between the checkpoint ``prefix`` and ``parts``, sorted:
+  variables it lacks, else variables of their layers it has and they do
+  not, or the first shape that differs."""
+  try:
+    status = tf.train.Checkpoint(**parts).read(prefix)
+  except (ValueError, tf.errors.InvalidArgumentError) as error:  # shapes
+    return [str(error).split("\n")[0][:300]]
+  status.expect_partial()  # the optimizer's values are not read here
+  # Internal API: TensorFlow's restore status has no public list of the
+  # objects it matched (its assertion names an arbitrary few).
+  restore = status._checkpoint  # pylint: disable=protected-access
+  matched = {id(obj) for obj in restore.object_by_proto_id.values()}
+  differences = [f"{v.name.split(':')[0]} is not in the checkpoint"
+                 for part in parts.values() for v in part.variables
+                 if id(v) not in matched]
+  if differences:
+    return sorted(differences)
+  # Variables of the model's layers that the model does not have (a layer's
+  # moving variance restored into a layer without one).
+  nodes = restore.object_graph_proto.nodes
+  for node_id, obj in restore.object_by_proto_id.items():
+    # The root's children are the step and save counter; a layer not built
+    # yet (Mask R-CNN's heads) restores its variables when it creates them,
+    # at its first call.
+    if node_id == 0 or getattr(obj, "built", True) is False:
+      continue
+    for child in nodes[node_id].children:
+      if (child.node_id not in restore.object_by_proto_id and
+          nodes[child.node_id].attributes):
+        owner = getattr(obj, "name", type(obj).__name__)
+        differences.append(f"{owner}/{child.local_name} is only in the "
+                           "checkpoint")
+  return sorted(differences)
