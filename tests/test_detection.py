@@ -18,8 +18,9 @@ import evonorm_layers
 from evonorm_detection import heads
 from evonorm_detection import registry_imports  # noqa: F401  pylint: disable=unused-import
 from evonorm_detection.data import shapes
-from evonorm_model_garden import experiments
 from evonorm_model_garden import checkpoints
+from evonorm_model_garden import experiments
+from evonorm_vision.data import offline as offline_data
 from tests import entry_points
 from tests import layer_helpers
 from tests.overrides import EAGER
@@ -272,16 +273,52 @@ BAD_INPUT = {
         "task.model.norm_activation.allow_group_fallback=false,"
         "task.model.norm_activation.groups=12",
         r"groups=12 does not divide"),
+    # Data that does not fit the config or each other ({root}: files the
+    # fixture writes).
+    "labels_outside_classes": (
+        "task.model.num_classes=3",
+        r"task.train_data.input_path: .*train-00000-of-\d+.tfrecord, record "
+        r"\d+, has class label 3 outside \[0, 3\) \(task.model.num_classes="
+        r"3, the background class 0 included\)"),
+    "not_examples": (
+        "task.train_data.input_path={root}/notes.tfrecord",
+        r"notes.tfrecord is not a TFRecord file of examples"),
+    "classification_records": (
+        "task.validation_data.input_path={root}/digits-*.tfrecord",
+        r"task.validation_data.input_path: .*digits-00000-of-00001.tfrecord, "
+        r"record 0, is not a Model Garden detection example \(no "
+        r"image/source_id, image/object/bbox/xmin, image/object/bbox/ymin\)"),
+    "other_annotations": (
+        "task.annotation_file={root}/other.json",
+        r"task.annotation_file='.*other.json' does not describe the "
+        r"validation records: image/source_id '\d+' of .*val-00000-of-\d+"
+        r".tfrecord is not among its 2 images"),
+    "not_coco": (
+        "task.annotation_file={root}/list.json",
+        r"task.annotation_file='.*list.json' is not a COCO annotation file"),
+    "one_channel": (
+        "task.model.input_size=[128,128,1]",
+        r"task.model.input_size=\[128, 128, 1\]: Model Garden's input "
+        r"pipelines decode every image to 3 channels"),
 }
 
 
 @pytest.fixture(scope="module")
 def bad_input_outcomes(shapes_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
+  (root / "notes.tfrecord").write_text("not records")
+  (root / "list.json").write_text("[]")
+  (root / "other.json").write_text(json.dumps(
+      {"images": [{"id": 900001}, {"id": 900002}], "annotations": [],
+       "categories": []}))
+  offline_data.write_records(str(root / "digits-00000-of-00001.tfrecord"),
+                             [offline_data.example(np.zeros((8, 8), np.uint8),
+                                                   0)])
   return root, entry_points.run("evonorm_vision.train", {
       name: _train_flags(str(root / name),
                          f"{FAST},{_data_override(shapes_dir)},"
-                         f"trainer.train_steps=2,{override}")
+                         f"trainer.train_steps=2,"
+                         f"{override.format(root=root)}")
       for name, (override, _) in BAD_INPUT.items()})
 
 

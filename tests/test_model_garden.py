@@ -207,6 +207,9 @@ BAD_INPUT = {
         "task.train_data.global_batch_size=abc",
         r"task.train_data.global_batch_size='abc' should be an integer"),
     "a_section": ("task.model=3", r"task.model is a section of the config"),
+    "one_channel": ("task.model.input_size=[32,32,1]",
+                    r"task.model.input_size=\[32, 32, 1\]: Model Garden's "
+                    r"input pipelines decode every image to 3 channels"),
 }
 # Bad flags: (extra flags, the model_dir is a file?, error pattern).
 BAD_FLAGS = {

@@ -2,8 +2,9 @@
 
 Only what must change is changed: ``build_model`` builds
 :func:`evonorm_detection.maskrcnn.build_maskrcnn` (and checks that ``groups``
-fits every grouped norm site of the whole model), ``build_inputs`` first
-checks that the TFRecords and the annotation file exist. Losses, COCO
+fits every grouped norm site of the whole model), ``check_data`` (run by the
+entry points before any work) checks that the TFRecords and the annotation
+file exist and fit the config and each other. Losses, COCO
 evaluation (pycocotools, through Model Garden's ``COCOEvaluator``), checkpoint
 initialization and the train/validation steps are Model Garden's. Weight
 decay is Model Garden's: an L2 regularizer on convolution and dense kernels
@@ -11,6 +12,8 @@ only, never on normalization variables.
 """
 
 from __future__ import annotations
+
+import json
 
 import tensorflow as tf
 import tf_keras
@@ -56,11 +59,98 @@ def check_data_available(task_config, data_config, split: str):
         f"to build it from the validation TFRecords). {PREPARE_COCO}")
 
 
+# Records read from the first file of a split to check its contents: enough
+# to catch the wrong files or the wrong config, fast on any dataset.
+SAMPLED_RECORDS = 64
+_BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("xmin", "ymin", "xmax",
+                                                    "ymax"))
+
+
+def check_records(task_config, data_config, split: str):
+  """Raises, naming the file and record, unless the first records of the
+  split's first TFRecord file are Model Garden detection examples (an
+  encoded image, its source id, boxes, class labels in ``[0,
+  num_classes)``, and instance masks when the model predicts them), and,
+  for validation with ``task.annotation_file``, unless that COCO file
+  describes those images (else the COCO evaluator fails at the end of
+  training, or scores boxes against other images)."""
+  patterns = data_config.input_path
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  path = sorted(tf.io.gfile.glob(patterns[0]))[0]
+  where = f"task.{split}.input_path: {path}"
+  try:
+    records = list(tf.data.TFRecordDataset(path).take(SAMPLED_RECORDS))
+  except tf.errors.OpError:
+    records = None
+  if not records:
+    raise ValueError(f"{where} is not a TFRecord file of examples (no "
+                     "record can be read from it).")
+  classes = task_config.model.num_classes
+  required = ["image/encoded", "image/source_id", *_BOX_KEYS,
+              "image/object/class/label"]
+  if task_config.model.include_mask:
+    required.append("image/object/mask")
+  source_ids = []
+  for index, record in enumerate(records):
+    try:
+      features = tf.train.Example.FromString(record.numpy()).features.feature
+    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+      features = {}
+    missing = [k for k in required if k not in features]
+    if missing:
+      fix = ("write COCO-style TFRecords with official/vision/data/"
+             "create_coco_tf_record.py")
+      if missing == ["image/object/mask"]:
+        fix += (" --include_masks, or set task.model.include_mask=false to "
+                "train boxes only")
+      raise ValueError(
+          f"{where}, record {index}, is not a Model Garden detection example "
+          f"(no {', '.join(missing[:3])}): {fix}.")
+    labels = list(features["image/object/class/label"].int64_list.value)
+    outside = [l for l in labels if not 0 <= l < classes]
+    if outside:
+      raise ValueError(
+          f"{where}, record {index}, has class label {outside[0]} outside "
+          f"[0, {classes}) (task.model.num_classes={classes}, the background "
+          "class 0 included): set task.model.num_classes to the largest "
+          "category id + 1.")
+    source_ids.append(
+        features["image/source_id"].bytes_list.value[0].decode())
+  if not data_config.is_training and task_config.annotation_file:
+    _check_annotations(task_config.annotation_file, path, source_ids)
+
+
+def _check_annotations(annotation_file: str, path: str, source_ids):
+  where = f"task.annotation_file={annotation_file!r}"
+  try:
+    with tf.io.gfile.GFile(annotation_file) as f:
+      coco = json.load(f)
+    image_ids = {str(image["id"]) for image in coco["images"]}
+    coco["annotations"]  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(
+        f"{where} is not a COCO annotation file (a JSON object with "
+        f"'images' and 'annotations'; {error.__class__.__name__}: "
+        f"{str(error)[:80]}): pass instances_val2017.json or leave it empty "
+        "to build the annotations from the validation TFRecords.") from None
+  unknown = [i for i in source_ids if i not in image_ids]
+  if unknown:
+    raise ValueError(
+        f"{where} does not describe the validation records: image/source_id "
+        f"{unknown[0]!r} of {path} is not among its {len(image_ids)} images "
+        f"({len(unknown)} of the first {len(source_ids)} records are not). "
+        "Pass the annotation file written with these records, or leave "
+        "task.annotation_file empty to build it from them.")
+
+
 @task_factory.register_task_cls(configs.MaskRCNNTask)
 class MaskRCNNTask(mg_task.MaskRCNNTask):
   """Model Garden's Mask R-CNN task with registry norms everywhere."""
 
-  check_data = staticmethod(check_data_available)
+  @staticmethod
+  def check_data(task_config, data_config, split: str):
+    check_data_available(task_config, data_config, split)
+    check_records(task_config, data_config, split)
   export_module = serving.DetectionModule
 
   def build_model(self):

@@ -247,8 +247,17 @@ def check_layer_name(params):
 
 
 def check_inputs(params, mode: str):
-  """Data presence for the splits ``mode`` reads, checked by the task class
-  (``check_data(task_config, data_config, split)``)."""
+  """The model's input channels, and the data of the splits ``mode`` reads,
+  checked by the task class (``check_data(task_config, data_config,
+  split)``)."""
+  size = list(getattr(getattr(params.task, "model", None), "input_size",
+                      None) or [])
+  if len(size) == 3 and size[-1] != 3:
+    raise ValueError(
+        f"task.model.input_size={size}: Model Garden's input pipelines "
+        "decode every image to 3 channels (a grayscale one repeated), so its "
+        f"last size must be 3 (task.model.input_size=[{size[0]}, {size[1]}, "
+        "3]).")
   task_cls = task_factory.get_task_cls(type(params.task))
   check = getattr(task_cls, "check_data", None)
   if check is None:
