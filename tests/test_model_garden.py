@@ -113,6 +113,16 @@ def test_killed_training_resumes_from_its_checkpoint(digits_dir, tmp_path):
     process.wait()
   killed_at = _latest_step(model_dir)
   assert 4 <= killed_at < 1000
+  # A kill during a save leaves the next checkpoint's files half-written
+  # while the `checkpoint` index (rewritten atomically, last) still names
+  # the previous one: they must never be read.
+  torn = os.path.join(model_dir, f"ckpt-{killed_at + 2}")
+  with open(f"{torn}.index", "wb") as f:
+    f.write(b"\x00" * 7)
+  os.makedirs(f"{torn}_temp", exist_ok=True)
+  with open(os.path.join(f"{torn}_temp", "part-00000-of-00001.data-00000-of-"
+                         "00001"), "wb") as f:
+    f.write(b"\x00" * 100)
 
   target = killed_at + 2
   result = subprocess.run(
@@ -441,7 +451,14 @@ def test_exported_image_tensor_model_matches_keras_model(
   model_dir, _ = trained_model_dir
   params = experiments.load_params("evonorm_resnet_digits", (),
                                           FAST)
-  export_dir = export.export(params, model_dir, str(tmp_path))
+  # What a killed export leaves: its partial folder beside the earlier,
+  # complete export, which stays in place until the new one is complete.
+  (tmp_path / "export.partial" / "variables").mkdir(parents=True)
+  (tmp_path / "export.partial" / "saved_model.pb").write_bytes(b"\x08")
+  (tmp_path / "export").mkdir()
+  (tmp_path / "export" / "saved_model.pb").write_text("an earlier export")
+  export_dir = export.export(params, model_dir, str(tmp_path / "export"))
+  assert sorted(os.listdir(tmp_path)) == ["export"]
   _, _, images = _validation_records(digits_dir, 6)
   served = tf.saved_model.load(export_dir).signatures["serving_default"]
   (name,) = served.structured_input_signature[1]
@@ -497,6 +514,7 @@ def test_export_entry_point_writes_float32_and_int8_tflite(
           f"--export_dir={tmp_path / 'no'}"],
       "export_dir_is_a_file": [*common, f"--export_dir={digits_dir}/"
                                + os.listdir(digits_dir)[0]],
+      "export_dir_holds_data": [*common, f"--export_dir={digits_dir}"],
   })
   for name in ("float32", "int8"):
     assert outcomes[name].returncode == 0, outcomes[name].stderr[-3000:]
@@ -510,6 +528,10 @@ def test_export_entry_point_writes_float32_and_int8_tflite(
       "checkpoint_is_not_one": (r"params.yaml' is not a readable TensorFlow "
                                 "checkpoint"),
       "export_dir_is_a_file": r"--export_dir='.*' is a file",
+      # Replaced whole only when it is an earlier export.
+      "export_dir_holds_data": (r"--export_dir='.*' holds files that are "
+                                "not a SavedModel: pass a new or empty "
+                                "folder"),
   }
   for name, pattern in mistakes.items():
     result = outcomes[name]

@@ -38,7 +38,9 @@ class _Sampler(tf.Module):
 def export_generator(generator, export_dir: str) -> str:
   """Writes ``generator`` (usually the EMA one) to ``export_dir``."""
   module = _Sampler(generator)
-  with model_garden_export.signatures_only():  # no per-layer Keras traces
-    tf.saved_model.save(module, export_dir,
+  # Written aside and moved in when complete; no per-layer Keras traces.
+  with model_garden_export.staged(export_dir) as staging, (
+      model_garden_export.signatures_only()):
+    tf.saved_model.save(module, staging,
                         signatures={"serving_default": module.serve})
   return export_dir

@@ -110,7 +110,7 @@ def main(_):
   f = flags.FLAGS
   with cli.user_errors():  # bad input: one line, before any work
     cli.check_output_dir("--model_dir", f.model_dir)
-    cli.check_output_dir("--export_dir", f.export_dir)
+    cli.check_export_dir("--export_dir", f.export_dir)
     config = load_config(f.experiment, f.config_file, f.params_override)
     data_lib.check_available(config.data)
     if "eval" in f.mode and not config.evaluation.inception_path:

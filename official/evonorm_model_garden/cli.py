@@ -122,6 +122,19 @@ def check_output_dir(flag: str, path: str | None):
   _check_parents(flag, path)
 
 
+def check_export_dir(flag: str, path: str | None):
+  """Raises unless ``path`` can receive a SavedModel: a new or empty folder,
+  or one holding an earlier export (which the new one replaces whole; a
+  folder of other files is not deleted for it)."""
+  check_output_dir(flag, path)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if (path and tf.io.gfile.isdir(path) and tf.io.gfile.listdir(path) and
+      not tf.io.gfile.exists(f"{path.rstrip('/')}/saved_model.pb")):
+    raise FileExistsError(
+        f"{flag}={path!r} holds files that are not a SavedModel: pass a new "
+        "or empty folder, or an earlier export's, which is replaced.")
+
+
 def check_output_file(flag: str, path: str | None):
   """Raises unless ``path`` (given as ``flag``) can be written as a file:
   not a directory, nor under a file (a missing folder is the writer's to

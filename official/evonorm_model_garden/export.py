@@ -16,6 +16,7 @@ TFLite ops that the XNNPack delegate runs (``tests/test_tflite.py``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from typing import Iterator
@@ -53,12 +54,32 @@ def export(params, checkpoint_path, export_dir, input_type="image_tensor",
   if module_cls is not None:
     module = module_cls(params=params, batch_size=batch_size,
                         input_image_size=size, input_type=input_type)
-  with signatures_only():
+  with staged(export_dir) as staging, signatures_only():
     export_saved_model_lib.export_inference_graph(
         input_type=input_type, batch_size=batch_size, input_image_size=size,
         params=params, checkpoint_path=checkpoint_path,
-        export_dir=export_dir, export_module=module)
+        export_dir=staging, export_module=module)
   return export_dir
+
+
+@contextlib.contextmanager
+def staged(export_dir: str) -> Iterator[str]:
+  """Yields a folder beside ``export_dir`` to write a SavedModel into, and
+  moves it to ``export_dir`` once complete, replacing an earlier export.
+  A job killed while writing leaves ``export_dir`` as it was (absent, or
+  the earlier complete export) and never a half-written model there; the
+  next export removes what the killed one left."""
+  export_dir = export_dir.rstrip("/")
+  staging, earlier = f"{export_dir}.partial", f"{export_dir}.earlier"
+  for leftover in (staging, earlier):
+    if tf.io.gfile.exists(leftover):
+      tf.io.gfile.rmtree(leftover)
+  yield staging
+  if tf.io.gfile.exists(export_dir):
+    tf.io.gfile.rename(export_dir, earlier)
+  tf.io.gfile.rename(staging, export_dir)
+  if tf.io.gfile.exists(earlier):
+    tf.io.gfile.rmtree(earlier)
 
 
 TFLITE_QUANTIZATIONS = ("none", "dynamic_range", "int8")

@@ -55,7 +55,7 @@ def define_flags():
 def main(_):
   f = flags.FLAGS
   with cli.user_errors():  # bad input: one line, before any work
-    cli.check_output_dir("--export_dir", f.export_dir)
+    cli.check_export_dir("--export_dir", f.export_dir)
     cli.check_output_file("--tflite", f.tflite)
     params = experiments.parse(f)
     checkpoints.check_checkpoint(f.checkpoint_path, params)
