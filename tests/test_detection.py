@@ -314,12 +314,20 @@ def bad_input_outcomes(shapes_dir, tmp_path_factory):
   offline_data.write_records(str(root / "digits-00000-of-00001.tfrecord"),
                              [offline_data.example(np.zeros((8, 8), np.uint8),
                                                    0)])
-  return root, entry_points.run("evonorm_vision.train", {
-      name: _train_flags(str(root / name),
-                         f"{FAST},{_data_override(shapes_dir)},"
-                         f"trainer.train_steps=2,"
-                         f"{override.format(root=root)}")
-      for name, (override, _) in BAD_INPUT.items()})
+  cases = {name: _train_flags(str(root / name),
+                              f"{FAST},{_data_override(shapes_dir)},"
+                              f"trainer.train_steps=2,"
+                              f"{override.format(root=root)}")
+           for name, (override, _) in BAD_INPUT.items()}
+  # A learning rate of 1e8 from the first step.
+  cases["diverges"] = [
+      f"--experiment={QUICKSTART}", "--mode=train",
+      f"--model_dir={root / 'diverges'}",
+      f"--params_override={FAST},{EAGER},{_data_override(shapes_dir)},"
+      "trainer.train_steps=2,"
+      "trainer.optimizer_config.warmup.linear.warmup_steps=0,"
+      "trainer.optimizer_config.learning_rate.stepwise.values=[1e8,1e8]"]
+  return root, entry_points.run("evonorm_vision.train", cases)
 
 
 @pytest.mark.xdist_group("detection_bad_input")
@@ -332,6 +340,23 @@ def test_bad_input_is_one_line_before_training(bad_input_outcomes, case):
   assert len(errors) == 1, result.stderr[-3000:]
   assert __import__("re").search(BAD_INPUT[case][1], errors[0]), errors[0]
   assert not tf.io.gfile.glob(str(root / case / "ckpt-*"))
+
+
+@pytest.mark.xdist_group("detection_bad_input")
+def test_diverging_training_stops_in_one_line(bad_input_outcomes):
+  """Mask R-CNN through the same trainer and check as classification: the
+  layer, what was kept and what to try, and no traceback."""
+  root, outcomes = bad_input_outcomes
+  result = outcomes["diverges"]
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  (line,) = [l for l in result.stderr.splitlines() if ": error: " in l]
+  assert __import__("re").search(
+      r"^python -m evonorm_vision.train: error: training diverged with "
+      r"task.model.norm_activation.type=evonorm_b0 \(The loss value is .*\); "
+      r"no checkpoint was written before it. Try a lower learning rate", line
+  ), line
+  assert not tf.io.gfile.glob(str(root / "diverges" / "ckpt-*"))
 
 
 @pytest.mark.heavy
