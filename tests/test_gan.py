@@ -379,7 +379,10 @@ BAD_INPUT = {
                    "no architecture for resolution 48"),
     "missing_tfds": ("data.source=tfds,data.tfds_name=cifar10,"
                      "data.tfds_data_dir=/nonexistent", "is not prepared in"),
-    "batch": ("data.global_batch_size=0", "not divisible"),
+    "batch": ("data.global_batch_size=0",
+              "data.global_batch_size=0 should be at least 1"),
+    "probability": ("optimization.beta2=1.5",
+                    "optimization.beta2=1.5 should be in [0, 1]"),
     # The classifier's config, not the GAN's.
     "other_config": ("task.model.norm_activation.type=evonorm_s0",
                      "--params_override: task is not a field of this "

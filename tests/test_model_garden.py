@@ -217,6 +217,8 @@ BAD_INPUT = {
         "task.train_data.global_batch_size=abc",
         r"task.train_data.global_batch_size='abc' should be an integer"),
     "a_section": ("task.model=3", r"task.model is a section of the config"),
+    "out_of_range": ("trainer.train_steps=0", r"trainer.train_steps=0 should "
+                     r"be at least 1 \(its default is \d+\)"),
     "one_channel": ("task.model.input_size=[32,32,1]",
                     r"task.model.input_size=\[32, 32, 1\]: Model Garden's "
                     r"input pipelines decode every image to 3 channels"),
@@ -359,6 +361,41 @@ def test_entry_point_rejects_bad_input_before_training(bad_input_outcomes,
   assert re.search(BAD_INPUT[case][1], errors[0]), errors[0]
   assert "Traceback" not in result.stderr
   assert not tf.io.gfile.glob(str(root / case / "ckpt-*"))
+
+
+@pytest.mark.parametrize("experiment, override, message", [
+    ("evonorm_resnet_digits", "task.model.dropout_rate=1.5",
+     "task.model.dropout_rate=1.5 should be in [0, 1]"),
+    ("evonorm_resnet_digits", "task.model.norm_activation.norm_epsilon=0",
+     "task.model.norm_activation.norm_epsilon=0 should be above 0"),
+    ("evonorm_resnet_digits", "task.model.input_size=[0,32,3]",
+     "task.model.input_size=[0, 32, 3] should be a list of sizes of at least "
+     "1"),
+    ("evonorm_resnet_digits", "task.model.norm_activation.groups=-2",
+     "task.model.norm_activation.groups=-2 should be at least 1"),
+    ("evonorm_maskrcnn_shapes_quickstart", "task.model.num_classes=0",
+     "task.model.num_classes=0 should be at least 1"),
+    ("evonorm_biggan_deep_mnist32", "optimization.g_learning_rate=-1e-4",
+     "optimization.g_learning_rate=-0.0001 should be above 0"),
+])
+def test_values_out_of_range_are_refused_when_loaded(experiment, override,
+                                                     message, tmp_path):
+  """The same check for --params_override and --config_file values."""
+  prefix = "evonorm_biggan" if "biggan" in experiment else "evonorm_"
+  if "biggan" in experiment:
+    __import__("evonorm_gan.configs")  # registers the GAN's experiments
+  with pytest.raises(ValueError, match=re.escape(
+      f"--params_override: {message} (its default is ")):
+    experiments.load_params(experiment, (), override, prefix=prefix)
+  key, value = override.split("=")
+  nested = __import__("yaml").safe_load(value)
+  for part in reversed(key.split(".")):
+    nested = {part: nested}
+  path = tmp_path / "config.yaml"
+  path.write_text(__import__("yaml").safe_dump(nested))
+  with pytest.raises(ValueError, match=re.escape(
+      f"--config_file={path}: {message} (its default is ")):
+    experiments.load_params(experiment, (str(path),), prefix=prefix)
 
 
 def test_unknown_experiment_lists_the_project_experiments():

@@ -198,11 +198,46 @@ def _type_error(value, default) -> str | None:
   return None
 
 
+# Ranges of the fields a user sets most, by field name in any section of
+# any experiment (classification, detection, GAN).
+_AT_LEAST_ONE = frozenset({
+    "train_steps", "steps_per_loop", "global_batch_size", "num_classes",
+    "groups", "ch", "z_dim", "shared_dim", "resolution", "d_steps",
+    "num_samples", "batch_size", "grid_classes", "max_to_keep"})
+_PROBABILITY = frozenset({
+    "dropout_rate", "norm_momentum", "label_smoothing", "drop_connect_rate",
+    "stochastic_depth_drop_rate", "beta1", "beta2", "beta_1", "beta_2",
+    "ema_decay", "average_decay"})
+_ABOVE_ZERO = frozenset({
+    "norm_epsilon", "epsilon", "width_multiplier", "initial_learning_rate",
+    "g_learning_rate", "d_learning_rate"})
+_SIZES = frozenset({"input_size"})
+
+
+def _range_error(key: str, value) -> str | None:
+  """What is wrong with the range of ``value`` for field ``key`` (None
+  when it fits, or when the field has no known range)."""
+  if isinstance(value, bool) or value is None:
+    return None
+  if key in _SIZES and isinstance(value, (list, tuple)):
+    return (None if all(isinstance(v, int) and v >= 1 for v in value) else
+            "a list of sizes of at least 1")
+  if not isinstance(value, (int, float)):
+    return None
+  if key in _AT_LEAST_ONE and value < 1:
+    return "at least 1"
+  if key in _PROBABILITY and not 0 <= value <= 1:
+    return "in [0, 1]"
+  if key in _ABOVE_ZERO and not value > 0:
+    return "above 0"
+  return None
+
+
 def check_overrides(values: dict, defaults: dict, source: str,
                     prefix: str = ""):
   """Raises unless every key of ``values`` is a field of ``defaults`` (an
   unknown key names the closest fields) holding a value of the field's
-  type."""
+  type and, for the fields with a known range, within it."""
   for key, value in values.items():
     name = f"{prefix}{key}"
     if key not in defaults:
@@ -224,7 +259,7 @@ def check_overrides(values: dict, defaults: dict, source: str,
                          f"one of its fields, e.g. {name}.{sorted(default)[0]}"
                          "=...")
       continue
-    expected = _type_error(value, default)
+    expected = _type_error(value, default) or _range_error(key, value)
     if expected:
       raise ValueError(f"{source}: {name}={value!r} should be {expected} "
                        f"(its default is {default!r}).")
