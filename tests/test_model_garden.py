@@ -190,9 +190,11 @@ def test_init_checkpoint_must_fit_the_parts_it_initializes(trained_model_dir,
   with pytest.raises(FileNotFoundError, match=r"task.init_checkpoint=.*nope' "
                      "does not exist"):
     checkpoints.check_start(missing, str(tmp_path / "new"), "train")
-  # Resuming: the run's own checkpoint is checked, task.init_checkpoint not.
-  with pytest.raises(ValueError, match=r"--model_dir=.* does not fit"):
-    checkpoints.check_start(s0, model_dir, "train")
+  # Resuming or evaluating: the run's own checkpoint is checked,
+  # task.init_checkpoint not.
+  for mode in ("train", "eval", "train_and_eval"):
+    with pytest.raises(ValueError, match=r"--model_dir=.* does not fit"):
+      checkpoints.check_start(s0, model_dir, mode)
 
 
 def test_missing_searched_layers_file_is_a_clear_error(tmp_path):
