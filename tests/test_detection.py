@@ -38,7 +38,7 @@ FAST = ("task.train_data.global_batch_size=2,"
         "trainer.validation_interval=2")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("shapes"))
   shapes.write_shapes_dataset(path, {"train": 8, "val": 4})
@@ -303,7 +303,7 @@ BAD_INPUT = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # see test_model_garden.digits_dir
 def bad_input_outcomes(shapes_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
   (root / "notes.tfrecord").write_text("not records")

@@ -392,7 +392,7 @@ BAD_INPUT = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # see test_model_garden.digits_dir
 def bad_input_outcomes(tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
   cases = {name: _gan_flags(str(root / name), f"{TINY},{override}")

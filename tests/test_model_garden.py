@@ -41,7 +41,10 @@ FAST = ("trainer.steps_per_loop=2,trainer.checkpoint_interval=2,"
         "task.model.backbone.resnet_v2.model_id=18")
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: the suite's heavy-first order interleaves this module's
+# tests with others', and a module-scoped fixture is built again each time
+# its module's tests resume (this one trains a model in a subprocess).
+@pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("digits"))
   offline_data.write_tfrecords("digits", path)
@@ -66,7 +69,7 @@ def _latest_step(model_dir):
   return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_model_dir(digits_dir, tmp_path_factory):
   """The real entry point in a subprocess: 4 steps, then evaluation."""
   model_dir = str(tmp_path_factory.mktemp("model"))
@@ -237,7 +240,7 @@ BAD_FLAGS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # see digits_dir
 def bad_input_outcomes(digits_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
   cases = {name: _train_cmd(str(root / name), overrides)[3:]

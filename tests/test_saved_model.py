@@ -37,6 +37,15 @@ def trained_model():
   return model, probe, model(probe, training=False).numpy()
 
 
+@pytest.fixture(scope="module")
+def keras_saved_model(trained_model, tmp_path_factory):
+  """The model in tf_keras's SavedModel format (its slowest save: a trace
+  of every layer's call), written once for the tests that read it."""
+  path = str(tmp_path_factory.mktemp("keras_saved_model") / "model")
+  trained_model[0].save(path)
+  return path
+
+
 def test_moving_statistics_were_updated(trained_model):
   model, _, _ = trained_model
   for name in layer_helpers.BATCH_DEPENDENT:
@@ -56,10 +65,12 @@ def test_tf_saved_model_save_and_load(trained_model, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "keras"])
 def test_keras_save_and_load_with_and_without_custom_objects(
-    trained_model, tmp_path, fmt):
+    trained_model, keras_saved_model, tmp_path, fmt):
   model, probe, expected = trained_model
-  path = str(tmp_path / ("model" if fmt == "savedmodel" else "model.keras"))
-  model.save(path)
+  path = keras_saved_model
+  if fmt == "keras":
+    path = str(tmp_path / "model.keras")
+    model.save(path)
   custom = {evonorm_layers.get_norm_activation_constructor(n).__name__:
             evonorm_layers.get_norm_activation_constructor(n)
             for n in layer_helpers.ALL_LAYERS}
@@ -72,12 +83,11 @@ def test_keras_save_and_load_with_and_without_custom_objects(
 
 
 def test_saved_model_loads_where_evonorm_layers_is_not_installed(
-    trained_model, tmp_path):
+    trained_model, keras_saved_model, tmp_path):
   """A served model needs TensorFlow only: load it in a process that cannot
   import evonorm_layers."""
-  model, probe, expected = trained_model
-  path = tmp_path / "model"
-  model.save(str(path))
+  _, probe, expected = trained_model
+  path = keras_saved_model
   np.save(tmp_path / "probe.npy", probe)
   script = textwrap.dedent(f"""
       import sys
