@@ -291,8 +291,9 @@ BAD_INPUT = {
     "other_annotations": (
         "task.annotation_file={root}/other.json",
         r"task.annotation_file='.*other.json' does not describe the "
-        r"validation records: image/source_id '\d+' of .*val-00000-of-\d+"
-        r".tfrecord is not among its 2 images"),
+        r"validation records: image/source_id '\d+' \(task.validation_data."
+        r"input_path: .*val-00000-of-\d+.tfrecord\) is not among its 2 "
+        r"images"),
     "not_coco": (
         "task.annotation_file={root}/list.json",
         r"task.annotation_file='.*list.json' is not a COCO annotation file"),

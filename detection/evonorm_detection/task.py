@@ -23,6 +23,7 @@ from official.vision.tasks import maskrcnn as mg_task
 from evonorm_detection import configs
 from evonorm_detection import maskrcnn
 from evonorm_detection import serving
+from evonorm_model_garden import experiments
 from evonorm_model_garden import norm_activation as norm_lib
 
 PREPARE_COCO = (
@@ -59,9 +60,6 @@ def check_data_available(task_config, data_config, split: str):
         f"to build it from the validation TFRecords). {PREPARE_COCO}")
 
 
-# Records read from the first file of a split to check its contents: enough
-# to catch the wrong files or the wrong config, fast on any dataset.
-SAMPLED_RECORDS = 64
 _BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("xmin", "ymin", "xmax",
                                                     "ymax"))
 
@@ -74,29 +72,15 @@ def check_records(task_config, data_config, split: str):
   for validation with ``task.annotation_file``, unless that COCO file
   describes those images (else the COCO evaluator fails at the end of
   training, or scores boxes against other images)."""
-  patterns = data_config.input_path
-  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-  path = sorted(tf.io.gfile.glob(patterns[0]))[0]
-  where = f"task.{split}.input_path: {path}"
-  try:
-    records = list(tf.data.TFRecordDataset(path).take(SAMPLED_RECORDS))
-  except tf.errors.OpError:
-    records = None
-  if not records:
-    raise ValueError(f"{where} is not a TFRecord file of examples (no "
-                     "record can be read from it).")
+  where, examples = experiments.sample_examples(data_config, split)
   classes = task_config.model.num_classes
   required = ["image/encoded", "image/source_id", *_BOX_KEYS,
               "image/object/class/label"]
   if task_config.model.include_mask:
     required.append("image/object/mask")
   source_ids = []
-  for index, record in enumerate(records):
-    try:
-      features = tf.train.Example.FromString(record.numpy()).features.feature
-    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
-      features = {}
-    missing = [k for k in required if k not in features]
+  for index, features in enumerate(examples):
+    missing = [k for k in required if k not in (features or {})]
     if missing:
       fix = ("write COCO-style TFRecords with official/vision/data/"
              "create_coco_tf_record.py")
@@ -117,10 +101,10 @@ def check_records(task_config, data_config, split: str):
     source_ids.append(
         features["image/source_id"].bytes_list.value[0].decode())
   if not data_config.is_training and task_config.annotation_file:
-    _check_annotations(task_config.annotation_file, path, source_ids)
+    _check_annotations(task_config.annotation_file, where, source_ids)
 
 
-def _check_annotations(annotation_file: str, path: str, source_ids):
+def _check_annotations(annotation_file: str, records: str, source_ids):
   where = f"task.annotation_file={annotation_file!r}"
   try:
     with tf.io.gfile.GFile(annotation_file) as f:
@@ -137,8 +121,9 @@ def _check_annotations(annotation_file: str, path: str, source_ids):
   if unknown:
     raise ValueError(
         f"{where} does not describe the validation records: image/source_id "
-        f"{unknown[0]!r} of {path} is not among its {len(image_ids)} images "
-        f"({len(unknown)} of the first {len(source_ids)} records are not). "
+        f"{unknown[0]!r} ({records}) is not among its {len(image_ids)} "
+        f"images ({len(unknown)} of the first {len(source_ids)} records "
+        "are not). "
         "Pass the annotation file written with these records, or leave "
         "task.annotation_file empty to build it from them.")
 

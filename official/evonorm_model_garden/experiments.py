@@ -303,6 +303,38 @@ def check_inputs(params, mode: str):
     check(params.task, params.task.validation_data, "validation_data")
 
 
+# Records read from the first file of a split to check what it holds (the
+# whole data set is read only by training): enough to catch the wrong files
+# or the wrong config, fast on any data set.
+SAMPLED_RECORDS = 64
+
+
+def sample_examples(data_config, split: str) -> tuple[str, list]:
+  """The features of the first records of the split's first TFRecord file
+  (None for a record that is not a ``tf.train.Example``), and the
+  ``task.<split>.input_path: <file>`` that errors about them start with.
+  Raises if the file holds no readable record."""
+  patterns = data_config.input_path
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  path = sorted(tf.io.gfile.glob(patterns[0]))[0]
+  where = f"task.{split}.input_path: {path}"
+  try:
+    records = list(tf.data.TFRecordDataset(path).take(SAMPLED_RECORDS))
+  except tf.errors.OpError:
+    records = None
+  if not records:
+    raise ValueError(f"{where} is not a TFRecord file of examples (no "
+                     "record can be read from it).")
+  examples = []
+  for record in records:
+    try:
+      examples.append(
+          tf.train.Example.FromString(record.numpy()).features.feature)
+    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+      examples.append(None)
+  return where, examples
+
+
 def check_batch_divisible(batch: int, num_replicas: int, field: str):
   """Raises if the global batch ``field`` does not split evenly over the
   replicas."""

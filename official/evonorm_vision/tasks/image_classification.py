@@ -53,11 +53,6 @@ def check_data_available(data_config, split: str):
           f"task.{split}.input_path=DIR/{'train' if 'train' in split else 'validation'}-*.tfrecord.")
 
 
-# Records read from the first file to check what it holds (the whole data
-# set is read only by training).
-SAMPLED_RECORDS = 64
-
-
 def check_records(task_config, data_config, split: str):
   """Raises, naming the file and record, unless the first records of the
   first TFRecord file are Model Garden classification examples: an encoded
@@ -65,25 +60,11 @@ def check_records(task_config, data_config, split: str):
   ``label_field_key`` in ``[0, num_classes)``."""
   if data_config.tfds_name or data_config.file_type != "tfrecord":
     return
-  patterns = data_config.input_path
-  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-  path = sorted(tf.io.gfile.glob(patterns[0]))[0]
   classes = task_config.model.num_classes
   image_key = data_config.image_field_key
   label_key = data_config.label_field_key
-  where = f"task.{split}.input_path: {path}"
-  try:
-    records = list(tf.data.TFRecordDataset(path).take(SAMPLED_RECORDS))
-  except tf.errors.OpError:
-    records = None
-  if not records:
-    raise ValueError(f"{where} is not a TFRecord file of examples (no "
-                     "record can be read from it).")
-  for index, record in enumerate(records):
-    try:
-      features = tf.train.Example.FromString(record.numpy()).features.feature
-    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
-      features = None
+  where, examples = experiments.sample_examples(data_config, split)
+  for index, features in enumerate(examples):
     if features is None or image_key not in features or (
         label_key not in features):
       raise ValueError(
