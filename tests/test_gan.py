@@ -291,6 +291,12 @@ def test_inception_loaders_and_clear_errors(tmp_path):
     evaluation.Classifier("")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     evaluation.Classifier(str(tmp_path / "missing.pb"))
+  (tmp_path / "other.pb").write_bytes(
+      tf.Graph().as_graph_def().SerializeToString())  # a graph, not its
+  with pytest.raises(ValueError, match=r"other.pb' is not Inception's "
+                     r"classify_image_graph_def.pb \(inception-2015-12-05, "
+                     r"with Mul:0, pool_3:0 and logits:0\)"):
+    evaluation.Classifier(str(tmp_path / "other.pb"))
 
 
 def test_export_signature(tmp_path):
@@ -399,6 +405,16 @@ def bad_input_outcomes(tmp_path_factory):
            for name, (override, _) in BAD_INPUT.items()}
   cases["no_inception_path"] = _gan_flags(str(root / "eval"), TINY,
                                           "--mode=eval")
+  # Evaluation problems, found before anything is built or trained.
+  (root / "notes.pb").write_text("not a graph")
+  inception = root / "classify_image_graph_def.pb"
+  _stand_in_graph_def(str(inception))
+  cases["not_inception"] = _gan_flags(
+      str(root / "eval"), f"{TINY},evaluation.inception_path={root}/notes.pb",
+      "--mode=train_and_eval")
+  cases["eval_without_checkpoint"] = _gan_flags(
+      str(root / "empty"), f"{TINY},evaluation.inception_path={inception}",
+      "--mode=eval")
   return entry_points.run("evonorm_gan.train", cases)
 
 
@@ -435,11 +451,21 @@ def test_diverged_gan_stops_in_one_line_naming_its_last_checkpoint(
 
 
 @pytest.mark.xdist_group("gan_train_bad_input")
-def test_missing_inception_path_is_one_line(bad_input_outcomes):
-  result = bad_input_outcomes["no_inception_path"]
-  assert result.returncode == 2
-  assert "evaluation.inception_path" in result.stderr
-  assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("case, message", [
+    ("no_inception_path", "IS and FID need an Inception network and nothing "
+     "is downloaded: set evaluation.inception_path"),
+    ("not_inception", "notes.pb' is not Inception's "
+     "classify_image_graph_def.pb"),
+    # Not a random generator's scores.
+    ("eval_without_checkpoint", "empty', which holds none: train first"),
+])
+def test_evaluation_problems_are_one_line_before_work(bad_input_outcomes,
+                                                      case, message):
+  result = bad_input_outcomes[case]
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.count("\n") == 1, result.stderr[-2000:]
+  assert result.stderr.startswith("python -m evonorm_gan.train: error: ")
+  assert message in result.stderr, result.stderr
 
 
 @pytest.mark.heavy

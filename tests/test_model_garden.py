@@ -183,7 +183,12 @@ def test_init_checkpoint_must_fit_the_parts_it_initializes(trained_model_dir,
   with pytest.raises(ValueError, match=r"init_checkpoint_modules='decoder' "
                      r"names no part of this model"):
     checkpoints.check_start(s0, str(tmp_path / "new"), "train")
-  checkpoints.check_start(s0, str(tmp_path / "new"), "eval")  # not read
+  # Evaluating reads no task.init_checkpoint, and needs a checkpoint.
+  with pytest.raises(FileNotFoundError, match=r"--mode=eval evaluates the "
+                     r"latest checkpoint of --model_dir='.*new', which holds "
+                     r"none: train first"):
+    checkpoints.check_start(s0, str(tmp_path / "new"), "eval")
+  checkpoints.check_start(s0, str(tmp_path / "new"), "continuous_eval")
   same = params()
   for modules in ("all", "backbone"):
     same.task.init_checkpoint_modules = modules

@@ -233,7 +233,19 @@ class Classifier:
   def _graph_def(path):
     graph_def = tf.compat.v1.GraphDef()
     with tf.io.gfile.GFile(path, "rb") as f:
-      graph_def.ParseFromString(f.read())
+      try:
+        graph_def.ParseFromString(f.read())
+      except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+        graph_def = None
+    names = {node.name for node in graph_def.node} if graph_def else set()
+    if not {GRAPH_INPUT, GRAPH_POOL, GRAPH_LOGITS} <= {
+        f"{n}:0" for n in names}:
+      raise ValueError(
+          f"evaluation.inception_path={path!r} is not Inception's "
+          "classify_image_graph_def.pb (inception-2015-12-05, with "
+          f"{GRAPH_INPUT}, {GRAPH_POOL} and {GRAPH_LOGITS}): pass that file "
+          "or a SavedModel directory whose signature maps images in [-1, 1] "
+          "to {'pool_3', 'logits'}.")
 
     def import_graph(image):
       pool, logits = tf.compat.v1.import_graph_def(

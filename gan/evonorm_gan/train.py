@@ -113,14 +113,21 @@ def main(_):
     cli.check_export_dir("--export_dir", f.export_dir)
     config = load_config(f.experiment, f.config_file, f.params_override)
     data_lib.check_available(config.data)
-    if "eval" in f.mode and not config.evaluation.inception_path:
-      evaluation.Classifier(config.evaluation.inception_path)  # the error
+    # Loaded first: a missing or unreadable network is one line, not a
+    # traceback after training.
+    classifier = (evaluation.Classifier(config.evaluation.inception_path)
+                  if "eval" in f.mode else None)
     if config.runtime.mixed_precision_dtype:
       performance.set_mixed_precision_policy(
           config.runtime.mixed_precision_dtype)
     strategy = make_strategy(config)
     trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
     trainer.check_checkpoint()  # resuming or evaluating: before params.yaml
+    if "train" not in f.mode and not trainer.manager.latest_checkpoint:
+      raise FileNotFoundError(
+          f"--mode={f.mode} evaluates the latest checkpoint of --model_dir="
+          f"{f.model_dir!r}, which holds none: train first, or pass the "
+          "training run's --model_dir.")
   tf.io.gfile.makedirs(f.model_dir)
   with tf.io.gfile.GFile(os.path.join(f.model_dir, "params.yaml"), "w") as fp:
     fp.write(json.dumps(config.as_dict(), indent=1))
@@ -131,7 +138,8 @@ def main(_):
   else:
     trainer.restore()
   if "eval" in f.mode:
-    print("eval:", json.dumps(evaluate(trainer, config, f.model_dir)))
+    print("eval:", json.dumps(evaluate(trainer, config, f.model_dir,
+                                       classifier=classifier)))
   if f.export_dir:
     print("export:", export.export_generator(trainer.ema_generator,
                                              f.export_dir))

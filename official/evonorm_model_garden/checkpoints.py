@@ -38,12 +38,19 @@ def check_checkpoint(checkpoint_path: str, params=None,
 
 def check_start(params, model_dir: str, mode: str):
   """What a run will restore, checked before it starts: the last checkpoint
-  of ``model_dir`` when it resumes or evaluates; else, for training, the
-  ``task.init_checkpoint`` parts (``init_checkpoint_modules``) that Model
-  Garden's task restores into a new model."""
+  of ``model_dir`` when it resumes or evaluates (``eval`` needs one); else,
+  for training, the ``task.init_checkpoint`` parts
+  (``init_checkpoint_modules``) that Model Garden's task restores into a new
+  model."""
   if tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
     check_checkpoint(model_dir, params, flag=f"--model_dir={model_dir!r}")
     return
+  if mode == "eval":  # Model Garden would score the initial weights
+    raise FileNotFoundError(
+        f"--mode=eval evaluates the latest checkpoint of --model_dir="
+        f"{model_dir!r}, which holds none: train first, pass the training "
+        "run's --model_dir, or use --mode=continuous_eval to wait for its "
+        "checkpoints.")
   init = getattr(params.task, "init_checkpoint", None)
   if "train" in mode and init:
     flag = f"task.init_checkpoint={init!r}"
