@@ -58,3 +58,16 @@ def test_second_search_on_a_directory_in_use_stops(tmp_path):
     first.wait()
   time.sleep(0.1)
   assert store_lib.SearchStore(str(tmp_path / "first")).open_existing() == {}
+
+
+def test_json_files_are_replaced_whole(tmp_path):
+  """best_layers.json, state.json, calibration rows: what a killed write
+  leaves (a partial temporary file) is never read, and the next write
+  replaces the file whole."""
+  path = tmp_path / "best_layers.json"
+  path.write_text(json.dumps({"searched_old": {}}))
+  (tmp_path / "best_layers.json.tmp").write_text('{"searched_ne')
+  assert json.loads(path.read_text()) == {"searched_old": {}}
+  store_lib.write_json_atomic(str(path), {"searched_new": {"nodes": []}})
+  assert json.loads(path.read_text()) == {"searched_new": {"nodes": []}}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["best_layers.json"]

@@ -18,7 +18,6 @@ accepted (the table says which and why). ``--json_output`` keeps the rows.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ from absl import flags
 
 from evonorm_model_garden import cli
 from evonorm_layers.search import proxy_flags
+from evonorm_layers.search import store
 from evonorm_layers.search.graph import graph
 from evonorm_layers.search.known_layers import B0_VARIANTS
 from evonorm_layers.search.known_layers import KNOWN_GRAPHS
@@ -139,8 +139,8 @@ def main(argv):
   if FLAGS.json_output:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_output)),
                 exist_ok=True)
-    with open(FLAGS.json_output, "w") as f:
-      json.dump({"config": config.to_dict(), "rows": rows}, f, indent=1)
+    store.write_json_atomic(FLAGS.json_output,
+                            {"config": config.to_dict(), "rows": rows})
   sys.stdout.flush()
   return 0 if good else 1
 

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from typing import Mapping, Sequence
@@ -300,8 +299,8 @@ def write_report(output_dir: str, config: dict, records: Sequence[dict],
   top = best(records, top_k, known)
   if rerank:
     top.sort(key=lambda r: -rerank.get(r["id"], {}).get("score", -1.0))
-  with open(os.path.join(output_dir, "best_layers.json"), "w") as f:
-    json.dump({layer_name(r): r["graph"] for r in top}, f, indent=1)
+  store_lib.write_json_atomic(os.path.join(output_dir, "best_layers.json"),
+                              {layer_name(r): r["graph"] for r in top})
   lines = _summary(config, records, anchors, known)
   if baselines:
     lines += _known_layers_table(baselines, anchors)

@@ -164,12 +164,19 @@ class SearchStore:
       return json.load(f)
 
   def _write_atomic(self, name: str, data: Any):
-    tmp = self.path(name + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path(name))
+    write_json_atomic(self.path(name), data, sort_keys=True)
+
+
+def write_json_atomic(path: str, data: Any, **dump_options):
+  """Writes ``data`` as JSON to a temporary file and renames it to ``path``:
+  a job killed while writing leaves the previous file (or none), never a
+  truncated one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=1, **dump_options)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def accepted(records: Iterable[dict]) -> list[dict]:
