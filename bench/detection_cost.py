@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from evonorm_detection import registry_imports  # noqa: F401
 from evonorm_detection.data import shapes
+import bench_flags  # bench/
 import timing  # bench/
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -163,10 +164,11 @@ def time_steps(model_name, names, data_dir, size, batch) -> list[dict]:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  unknown = sorted(set(_MODELS.value) - set(MODELS))
-  if unknown:
-    raise app.UsageError(f"Unknown --models {unknown}; choose among "
-                         f"{sorted(MODELS)}.")
+  with bench_flags.checked(("layers",)):
+    unknown = sorted(set(_MODELS.value) - set(MODELS))
+    if unknown:
+      raise app.UsageError(f"Unknown --models {unknown}; choose among "
+                           f"{sorted(MODELS)}.")
   names = [BASELINE] + [n for n in _LAYERS.value if n != BASELINE]
   rows = []
   for model_name in _MODELS.value:
@@ -215,4 +217,4 @@ def _time_all(names) -> list[dict]:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

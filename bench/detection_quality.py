@@ -27,9 +27,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+import bench_flags  # noqa: E402  (bench/)
 import parallel_runs  # noqa: E402  (bench/)
 
 FLAGS = flags.FLAGS
@@ -158,8 +158,7 @@ def main(argv):
       run_name(**spec), run_one(threads=threads, **spec))):
     return
   from evonorm_detection.data import shapes  # pylint: disable=g-import-not-at-top
-  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
-  with cli.user_errors():  # bad layer names or overrides, before any run
+  with bench_flags.checked():  # bad layer names or overrides, before any run
     seeds = [int(s) for s in FLAGS.seeds]
     for layer in FLAGS.layers:
       params_for(layer, seeds[0])
@@ -187,4 +186,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

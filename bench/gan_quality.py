@@ -28,9 +28,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+import bench_flags  # noqa: E402  (bench/)
 import parallel_runs  # noqa: E402  (bench/)
 
 FLAGS = flags.FLAGS
@@ -153,8 +153,7 @@ def main(argv):
     return
   from evonorm_gan import digits_classifier  # pylint: disable=g-import-not-at-top
   from evonorm_gan import evaluation  # pylint: disable=g-import-not-at-top
-  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
-  with cli.user_errors():  # bad layer names or overrides, before any run
+  with bench_flags.checked():  # bad layer names or overrides, before any run
     seeds = [int(s) for s in FLAGS.seeds]
     config = None
     for layer in FLAGS.layers:
@@ -189,4 +188,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

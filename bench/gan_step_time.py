@@ -17,7 +17,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -25,6 +24,7 @@ from official.common import distribute_utils
 
 from evonorm_gan import train as train_lib
 from evonorm_gan import trainer as trainer_lib
+import bench_flags  # bench/
 import timing  # bench/
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -67,7 +67,8 @@ def _step(layer: str):
 
 def main(argv):
   del argv
-  names = [BASELINE] + [n for n in _LAYERS.value if n != BASELINE]
+  with bench_flags.checked(("layers",)):
+    names = [BASELINE] + [n for n in _LAYERS.value if n != BASELINE]
   steps = timing.build_and_warm_up(names, _step)
   times = timing.interleaved(
       {name: timing.timed(name, step) for name, step in steps.items()},
@@ -91,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

@@ -57,6 +57,7 @@ from evonorm_layers import fused  # noqa: E402
 from evonorm_model_garden import norm_activation as norm_lib  # noqa: E402
 from evonorm_vision import registry_imports  # noqa: E402,F401
 from evonorm_model_garden.backbones import configs as backbones  # noqa: E402
+import bench_flags  # noqa: E402  (bench/)
 import timing  # noqa: E402  (bench/)
 
 BASELINE = "bn_relu"
@@ -214,16 +215,17 @@ def main(argv):
   tf.get_logger().setLevel("ERROR")  # one tf.function per model retraces
   evonorm_layers.register_norm_activation(KERAS_REFERENCE, KerasBatchNormReLU,
                                           overwrite=True)
-  unknown = sorted(set(_MODELS.value) - set(MODELS))
-  if unknown:
-    raise app.UsageError(f"Unknown --models {unknown}; choose among "
-                         f"{sorted(MODELS)}.")
+  with bench_flags.checked(("layers",)):
+    unknown = sorted(set(_MODELS.value) - set(MODELS))
+    if unknown:
+      raise app.UsageError(f"Unknown --models {unknown}; choose among "
+                           f"{sorted(MODELS)}.")
+    unknown = sorted(set(_PATHS.value) - {"fused", "composite"})
+    if unknown or not _PATHS.value:
+      raise app.UsageError(f"--paths takes fused and/or composite; got "
+                           f"{_PATHS.value}.")
   names = _LAYERS.value or (evonorm_layers.available_norm_activations())
   names = [BASELINE] + [n for n in names if n != BASELINE]
-  unknown = sorted(set(_PATHS.value) - {"fused", "composite"})
-  if unknown or not _PATHS.value:
-    raise app.UsageError(f"--paths takes fused and/or composite; got "
-                         f"{_PATHS.value}.")
   rows_of = []
   for n in names:
     if n == KERAS_REFERENCE or not _uses_fused_kernels(n):
@@ -263,4 +265,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

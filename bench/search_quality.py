@@ -38,14 +38,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from evonorm_layers.search import controller  # noqa: E402
 from evonorm_layers.search import evolution  # noqa: E402
 from evonorm_layers.search import proxy_flags  # noqa: E402
 from evonorm_layers.search import report  # noqa: E402
 from evonorm_layers.search import store as store_lib  # noqa: E402
+import bench_flags  # noqa: E402  (bench/)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/search_quality", "Where the runs, "
@@ -292,6 +293,8 @@ def table(summary, anchors) -> str:
 
 def main(argv):
   del argv
+  with bench_flags.checked():
+    controller.resolve_seed_layers(FLAGS.seed_layers)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   variants = [(a, a, ()) for a in FLAGS.algorithms]
   if FLAGS.seed_layers:
@@ -334,4 +337,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

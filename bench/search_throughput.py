@@ -52,6 +52,7 @@ from evonorm_layers.search import proxy_flags  # noqa: E402
 from evonorm_layers.search import report  # noqa: E402
 from evonorm_layers.search import store as store_lib  # noqa: E402
 from evonorm_layers.search.known_layers import KNOWN_GRAPHS  # noqa: E402
+import bench_flags  # noqa: E402  (bench/)
 import search_placements  # noqa: E402  (bench/)
 from search_placements import PLACEMENTS  # noqa: E402
 import timing  # noqa: E402
@@ -211,14 +212,15 @@ def run_placement(placement, proxy, output_dir):
 
 def main(argv):
   del argv
-  unknown = sorted(set(_REFERENCES.value) - set(KNOWN_GRAPHS))
-  if unknown:
-    raise app.UsageError(f"Unknown --reference_layers {unknown}; choose among "
-                         f"{sorted(KNOWN_GRAPHS)}.")
-  bad = sorted(set(_PLACEMENTS.value) - set(PLACEMENTS))
-  if bad:
-    raise app.UsageError(f"Unknown --placements {bad}; use "
-                         f"{', '.join(PLACEMENTS)}.")
+  with bench_flags.checked():
+    unknown = sorted(set(_REFERENCES.value) - set(KNOWN_GRAPHS))
+    if unknown:
+      raise app.UsageError(f"Unknown --reference_layers {unknown}; choose "
+                           f"among {sorted(KNOWN_GRAPHS)}.")
+    bad = sorted(set(_PLACEMENTS.value) - set(PLACEMENTS))
+    if bad:
+      raise app.UsageError(f"Unknown --placements {bad}; use "
+                           f"{', '.join(PLACEMENTS)}.")
   proxy = proxy_flags.proxy_config(_SEED.value)
   root = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="search_bench_")
   all_results = {"proxy": proxy.to_dict(), "preset": FLAGS.preset}
@@ -282,4 +284,4 @@ def _format(form, value):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

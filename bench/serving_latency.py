@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 from tqdm import tqdm
 
+import bench_flags  # bench/
 import timing  # bench/
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -223,10 +224,11 @@ def rows_from(times: dict) -> list[dict]:
 
 def main(argv):
   del argv
-  unknown = sorted(set(_MODELS.value) - set(MODELS))
-  if unknown:
-    raise app.UsageError(f"Unknown --models {unknown}; choose among "
-                         f"{list(MODELS)}.")
+  with bench_flags.checked(("layers",)):
+    unknown = sorted(set(_MODELS.value) - set(MODELS))
+    if unknown:
+      raise app.UsageError(f"Unknown --models {unknown}; choose among "
+                           f"{list(MODELS)}.")
   if _TIME_DIR.value:  # the fresh process
     names = [_name(m, l) for m in _MODELS.value for l in _LAYERS.value]
     results = {"times": time_all(_TIME_DIR.value, names)}
@@ -272,4 +274,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

@@ -33,9 +33,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+import bench_flags  # noqa: E402  (bench/)
 import parallel_runs  # noqa: E402  (bench/)
 
 FLAGS = flags.FLAGS
@@ -258,9 +258,8 @@ def main(argv):
   if parallel_runs.run_child(FLAGS.run, runs_dir, lambda spec, threads: (
       Run(**spec).name, run_one(Run(**spec), FLAGS.output_dir, threads))):
     return
-  from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
   from evonorm_vision.data import offline as offline_data  # pylint: disable=g-import-not-at-top
-  with cli.user_errors():
+  with bench_flags.checked(("layers", "sync_layers")):
     runs = plan()
   # Once, before the runs that read them (runs at once would race).
   offline_data.write_tfrecords(DATASET,
@@ -285,4 +284,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_flags.run(main)

@@ -39,8 +39,9 @@ class Outcome:
 
 def run(module: str, cases: dict[str, list[str]], timeout: int = 600,
         env: dict | None = None) -> dict[str, Outcome]:
-  """Runs ``python -m module *argv`` for each ``argv`` of ``cases`` (in
-  one child process); returns each case's outcome by name."""
+  """Runs ``python -m module *argv`` (or ``python module *argv`` for a
+  script, ``bench/NAME.py``) for each ``argv`` of ``cases`` (in one child
+  process); returns each case's outcome by name."""
   result = subprocess.run(
       [sys.executable, "-m", "tests.entry_points", module],
       input=json.dumps(cases), capture_output=True, text=True,
@@ -58,14 +59,22 @@ def _exit_status(code) -> int:
 
 
 def _run_cases(module_name: str, cases: dict[str, list[str]]) -> dict:
+  """``module_name``: a module run with ``python -m``, or a script's path
+  relative to the repository (``bench/NAME.py``)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from evonorm_model_garden import cli  # pylint: disable=g-import-not-at-top
-  module = importlib.import_module(module_name)
+  main = types.ModuleType("__main__")
+  if module_name.endswith(".py"):  # a script, importing its folder's modules
+    folder, script = os.path.split(module_name)
+    sys.path.insert(0, os.path.join(REPO, folder))
+    module = importlib.import_module(script.removesuffix(".py"))
+    sys.argv = [module_name]  # the program name in error lines
+  else:
+    module = importlib.import_module(module_name)
+    # The program name in error lines comes from __main__'s module spec.
+    main.__spec__ = importlib.util.find_spec(module_name)
   if hasattr(module, "define_flags"):  # what its `__main__` block does first
     module.define_flags()
-  # The program name in error lines comes from __main__'s module spec.
-  main = types.ModuleType("__main__")
-  main.__spec__ = importlib.util.find_spec(module_name)
   sys.modules["__main__"] = main
   outcomes = {}
   for name, argv in cases.items():

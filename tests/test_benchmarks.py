@@ -3,12 +3,14 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests import entry_points
 from tests.overrides import EAGER
 
 # Each runs a benchmark end to end in its own process.
@@ -32,6 +34,53 @@ def _run(script, *flags, timeout=600):
       capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
+
+
+# Bad input to a benchmark: one line before any work (each benchmark's
+# cases in one child process).
+BAD_INPUT = {
+    "bench/serving_latency.py": {
+        "unknown_model": (["--models=resnet_v9"],
+                          r"Unknown --models \['resnet_v9'\]; choose among"),
+        "json_output_is_a_folder": (["--json_output={tmp}"],
+                                    r"--json_output='.*' is a directory: "
+                                    "name the file to write"),
+        "not_a_number": (["--rounds=abc"], r"flag --rounds=abc: invalid "
+                         r"literal for int\(\)"),
+    },
+    "bench/norm_act_overhead.py": {
+        "unknown_layer": (["--layers=bn_relu,evonorm_b9"],
+                          r"Unknown normalization-activation layer "
+                          r"'evonorm_b9'. Valid names:"),
+    },
+    "bench/small_batch.py": {
+        "output_dir_is_a_file": (["--output_dir={tmp}/file"],
+                                 r"--output_dir='.*file' is a file: pass a "
+                                 "directory"),
+    },
+    "bench/search_quality.py": {
+        "unknown_seed_layer": (["--seed_layers=evonorm_b9",
+                                "--output_dir={tmp}/search_quality"],
+                               r"--seed_layers: 'evonorm_b9' is not a layer "
+                               "of the search space"),
+    },
+}
+
+
+@pytest.mark.parametrize("script", BAD_INPUT)
+def test_bad_input_is_one_line_before_work(script, tmp_path):
+  (tmp_path / "file").write_text("not a folder")
+  cases = BAD_INPUT[script]
+  outcomes = entry_points.run(script, {
+      name: [a.format(tmp=tmp_path) for a in argv]
+      for name, (argv, _) in cases.items()})
+  for name, (_, pattern) in cases.items():
+    result = outcomes[name]
+    assert result.returncode == 2, (name, result.stderr[-3000:])
+    assert result.stderr.count("\n") == 1, (name, result.stderr[-3000:])
+    assert result.stderr.startswith(f"python {script}: error: "), name
+    assert re.search(pattern, result.stderr), (name, result.stderr)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_norm_act_overhead(tmp_path):

@@ -169,4 +169,6 @@ def _program_name() -> str:
   spec = getattr(main, "__spec__", None)
   if spec is not None and spec.name:
     return "python -m " + spec.name.removesuffix(".__main__")
+  if sys.argv and sys.argv[0].endswith(".py"):  # a script: bench/NAME.py
+    return f"python {sys.argv[0]}"
   return sys.argv[0] if sys.argv else "evonorm"
