@@ -132,11 +132,12 @@ def _check_annotations(annotation_file: str, records: str, source_ids):
 class MaskRCNNTask(mg_task.MaskRCNNTask):
   """Model Garden's Mask R-CNN task with registry norms everywhere."""
 
+  export_module = serving.DetectionModule
+
   @staticmethod
   def check_data(task_config, data_config, split: str):
     check_data_available(task_config, data_config, split)
     check_records(task_config, data_config, split)
-  export_module = serving.DetectionModule
 
   def build_model(self):
     model_config = self.task_config.model

@@ -122,12 +122,8 @@ def main(_):
           config.runtime.mixed_precision_dtype)
     strategy = make_strategy(config)
     trainer = trainer_lib.GANTrainer(config, strategy, f.model_dir)
-    trainer.check_checkpoint()  # resuming or evaluating: before params.yaml
-    if "train" not in f.mode and not trainer.manager.latest_checkpoint:
-      raise FileNotFoundError(
-          f"--mode={f.mode} evaluates the latest checkpoint of --model_dir="
-          f"{f.model_dir!r}, which holds none: train first, or pass the "
-          "training run's --model_dir.")
+    # Resuming or evaluating: before params.yaml is rewritten.
+    trainer.check_checkpoint(f.mode)
   tf.io.gfile.makedirs(f.model_dir)
   with tf.io.gfile.GFile(os.path.join(f.model_dir, "params.yaml"), "w") as fp:
     fp.write(json.dumps(config.as_dict(), indent=1))

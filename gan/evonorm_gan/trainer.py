@@ -89,10 +89,11 @@ class GANTrainer:
     self.global_batch = config.data.global_batch_size
     self._loop = None
 
-  def check_checkpoint(self):
+  def check_checkpoint(self, mode: str = "train"):
     """Raises unless the latest checkpoint in ``model_dir`` (if any) fits
-    these networks: one of another layer or width would restore in part and
-    train on from random weights for the rest."""
+    these networks (one of another layer or width would restore in part and
+    train on from random weights for the rest), or when ``mode`` only
+    evaluates and there is none (it would score random weights)."""
     latest = self.manager.latest_checkpoint
     if latest:
       checkpoints.check_fits(
@@ -100,6 +101,11 @@ class GANTrainer:
            "discriminator": self.discriminator}, latest,
           f"--model_dir={self.model_dir!r}",
           f"norm_activation.type={self.config.norm_activation.type}")
+    elif "train" not in mode:
+      raise FileNotFoundError(
+          f"--mode={mode} evaluates the latest checkpoint of --model_dir="
+          f"{self.model_dir!r}, which holds none: train first, or pass the "
+          "training run's --model_dir.")
 
   def restore(self) -> int:
     """Restores the latest checkpoint (or copies G into the EMA G)."""

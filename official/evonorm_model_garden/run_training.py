@@ -66,12 +66,11 @@ class RecoveryReport:
 
   def __init__(self, params, trainer, model_dir: str):
     self.model_dir = model_dir
-    self.trials = params.trainer.recovery_max_trials
     self.condition = actions.RecoveryCondition(
         global_step=trainer.global_step,
         loss_upper_bound=params.trainer.loss_upper_bound,
         recovery_begin_steps=params.trainer.recovery_begin_steps,
-        recovery_max_trials=self.trials)
+        recovery_max_trials=params.trainer.recovery_max_trials)
 
   def __call__(self, output):
     step = int(self.condition.global_step.numpy())
@@ -80,7 +79,8 @@ class RecoveryReport:
       tqdm.write(f"step {step}: training loss "
                  f"{float(output['training_loss']):.4g}; Model Garden's "
                  f"recovery restarts from {latest or 'the initial weights'} "
-                 f"(trial {self.condition.recover_counter} of {self.trials})",
+                 f"(trial {self.condition.recover_counter} of "
+                 f"{self.condition.recovery_max_trials})",
                  file=sys.stderr)
 
 
